@@ -20,12 +20,12 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def file_inventory(folder: Path) -> list[dict]:
+def file_inventory(folder: Path, exclude: tuple[str, ...] = (ARTIFACT_JSON,)) -> list[dict]:
     """Every file in the folder (recursively) with size and sha256, sorted by path."""
     folder = Path(folder)
     out = []
     for p in sorted(folder.rglob("*")):
-        if p.is_file() and p.name != ARTIFACT_JSON:
+        if p.is_file() and p.name not in exclude:
             out.append({"path": p.relative_to(folder).as_posix(), "bytes": p.stat().st_size,
                         "sha256": sha256_file(p)})
     return out

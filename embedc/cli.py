@@ -104,6 +104,203 @@ def export(model, trust_remote_code, allow_pickle, out, opset, force, min_cosine
                f"max abs diff {v['max_abs_diff']:.2e}: PASS")
 
 
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def targets(as_json: bool) -> None:
+    """List hardware targets and the precisions each supports."""
+    from .targets.registry import all_targets
+
+    rows = [{"name": t.name, "backend": t.backend, "device": t.device, "precisions": list(t.precisions),
+             "runs_here": t.runs_here, "description": t.description} for t in all_targets().values()]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        click.echo(f"{r['name']:<22} {', '.join(r['precisions']):<52} {r['description']}")
+
+
+def _parse_gate_options(values: tuple[str, ...]) -> dict:
+    """--gate 'mean>=0.99' (every precision) or --gate 'int8:mean>=0.99,min>=0.97'."""
+    from .parity import parse_gates
+
+    out: dict[str, list[str]] = {}
+    for v in values:
+        key, sep, gates = v.partition(":")
+        if not sep:
+            key, gates = "*", v
+        parse_gates(gates)
+        out.setdefault(key.strip(), []).append(gates)
+    return {k: ",".join(v) for k, v in out.items()}
+
+
+def _spec_from_cli(spec_file, model, target, precision, calib, calib_per_lang, eval_per_lang, seed, max_length,
+                   option, gate, out, bench, threads):
+    import dataclasses
+
+    from .spec import BuildSpec, MatrixEntry, load_spec_file, validate
+
+    spec = load_spec_file(spec_file) if spec_file else BuildSpec()
+    changes = {}
+    if model:
+        changes["model"] = dataclasses.replace(spec.model, name=model)
+    cal = {k: v for k, v in {"corpus": calib, "calib_per_lang": calib_per_lang, "eval_per_lang": eval_per_lang,
+                              "seed": seed, "max_length": max_length}.items() if v is not None}
+    if cal:
+        changes["calibration"] = dataclasses.replace(spec.calibration, **cal)
+    if target or precision:
+        targets = target or tuple(dict.fromkeys(m.target for m in spec.matrix))
+        if not precision:
+            raise UsageError("--target needs at least one --precision", "e.g. --precision int8-static")
+        opts = _parse_options(option)
+        changes["matrix"] = tuple(MatrixEntry(t, tuple(precision), opts) for t in targets)
+    elif option:
+        opts = _parse_options(option)
+        changes["matrix"] = tuple(dataclasses.replace(m, options={**m.options, **opts}) for m in spec.matrix)
+    if gate:
+        changes["gates"] = {**spec.gates, **_parse_gate_options(gate)}
+    if out:
+        changes["out"] = out
+    if bench or threads:
+        changes["bench"] = dataclasses.replace(spec.bench, enabled=spec.bench.enabled or bench,
+                                               threads=threads or spec.bench.threads)
+    return validate(dataclasses.replace(spec, **changes))
+
+
+def _parse_options(values: tuple[str, ...]) -> dict:
+    """--option int8-static.calibrate_method=entropy  ->  {"int8-static": {"calibrate_method": "entropy"}}"""
+    out: dict[str, dict] = {}
+    for v in values:
+        key, sep, raw = v.partition("=")
+        prec, dot, name = key.partition(".")
+        if not sep or not dot:
+            raise UsageError(f"bad --option {v!r}", "write PRECISION.NAME=VALUE, e.g. int4.block_size=32")
+        out.setdefault(prec, {})[name] = _coerce(raw)
+    return out
+
+
+def _coerce(raw: str):
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+@cli.command()
+@click.option("--spec", "spec_file", type=click.Path(), help="TOML build spec (flags below override it).")
+@_model_options
+@click.option("-t", "--target", multiple=True, help="Target (repeatable; see 'embedc targets').")
+@click.option("-p", "--precision", multiple=True, help="Precision (repeatable): fp32, fp16, int8-dynamic, int8-static, int8-weights, int8, int4.")
+@click.option("--calib", default=None, help="Calibration corpus: 'default' (37 languages), .txt, .jsonl or folder.")
+@click.option("--calib-per-lang", type=int, default=None, help="Calibration texts per language.")
+@click.option("--eval-per-lang", type=int, default=None, help="Held-out evaluation texts per language.")
+@click.option("--seed", type=int, default=None, help="Split seed.")
+@click.option("--max-length", type=int, default=None, help="Token truncation for calibration and parity texts.")
+@click.option("--option", "option", multiple=True, metavar="PREC.NAME=VALUE", help="Backend option, e.g. int4.block_size=32.")
+@click.option("--gate", multiple=True, metavar="[PREC:]GATES", help="Parity gates, e.g. 'int8:mean>=0.995,min>=0.98'.")
+@click.option("-o", "--out", default=None, help="Build folder [default: artifacts/<model>].")
+@click.option("--force", is_flag=True, help="Replace an existing build folder (only after the new build is complete).")
+@click.option("--dry-run", is_flag=True, help="Print the resolved spec and plan; run nothing.")
+@click.option("--bench", is_flag=True, help="Benchmark every artifact against torch FP32 after the build.")
+@click.option("--threads", type=int, default=None, help="Threads for benchmarks.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
+@click.option("--junit", type=click.Path(), default=None, help="Write a JUnit XML file: one case per (artifact, gate).")
+def build(spec_file, model, trust_remote_code, allow_pickle, target, precision, calib, calib_per_lang, eval_per_lang,
+          seed, max_length, option, gate, out, force, dry_run, bench, threads, as_json, junit) -> None:
+    """Export, calibrate, compile every (target, precision), check parity, report."""
+    import dataclasses
+
+    from .errors import ParityGateError
+
+    spec = _spec_from_cli(spec_file, model, target, precision, calib, calib_per_lang, eval_per_lang, seed,
+                          max_length, option, gate, out, bench, threads)
+    if trust_remote_code or allow_pickle:
+        spec = dataclasses.replace(spec, model=dataclasses.replace(
+            spec.model, trust_remote_code=trust_remote_code or spec.model.trust_remote_code,
+            allow_pickle=allow_pickle or spec.model.allow_pickle))
+    if dry_run:
+        from .plan import plan_build
+
+        click.echo(json.dumps(plan_build(spec), indent=2))
+        return
+    from .pipeline import build as run_build
+
+    result = run_build(spec, force=force)
+    if junit:
+        from .junit import write_junit
+
+        write_junit(result, junit)
+    _print_build(result, as_json)
+    if result.failed_gates:
+        names = ", ".join(a.name for a in result.failed_gates)
+        raise ParityGateError(f"parity gate failed for {len(result.failed_gates)} artifact(s): {names}",
+                              f"see {result.out}/report.md; loosen with --gate only if the loss is acceptable")
+    if result.errors:
+        from .errors import CompileError
+
+        raise CompileError(f"{len(result.errors)} artifact(s) failed to build: "
+                           + "; ".join(f"{a.name}: {a.error}" for a in result.errors), "see the log above")
+
+
+def _print_build(result, as_json: bool) -> None:
+    from .parity import render_table
+
+    if as_json:
+        summary = {"out": str(result.out), "verdict": result.manifest["verdict"],
+                   "artifacts": [{k: a.get(k) for k in ("name", "status", "path", "cached", "parity", "bytes", "error")}
+                                 for a in result.manifest["artifacts"]]}
+        click.echo(json.dumps(summary, indent=2))
+        return
+    click.echo(f"\nbuild folder: {result.out}")
+    click.echo(f"{'artifact':<34} {'status':<6} {'mean':>8} {'p01':>8} {'min':>8} {'worst lang':>16} {'top10':>6} {'MB':>8}")
+    for a in result.manifest["artifacts"]:
+        p = a.get("parity") or {}
+        langs = p.get("languages") or {}
+        wl = min(langs.items(), key=lambda kv: kv[1]["mean"]) if langs else ("-", {"mean": float("nan")})
+        top = (p.get("retrieval") or {}).get("topk_overlap")
+        click.echo(f"{a['name']:<34} {a['status']:<6} {p.get('mean', float('nan')):>8.5f} {p.get('p01') or float('nan'):>8.5f} "
+                   f"{p.get('min', float('nan')):>8.5f} {wl[0]:>7} {wl[1]['mean']:>8.5f} "
+                   f"{top if top is not None else float('nan'):>6.3f} {(a.get('bytes') or 0) / 1e6:>8.1f}")
+    for a in result.failed_gates:
+        click.echo(render_table(a.gates, title=f"FAILED: {a.name}"), err=True)
+
+
+@cli.command()
+@click.argument("artifacts", nargs=-1, required=True, type=click.Path())
+@click.option("--gate", multiple=True, metavar="[PREC:]GATES", help="Override gates, e.g. 'int8:mean>=0.995'.")
+@click.option("--threads", type=int, default=None, help="Inference threads.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def parity(artifacts, gate, threads, as_json) -> None:
+    """Re-check built artifacts against the torch FP32 reference (exit 3 on a failed gate)."""
+    from .errors import ParityGateError
+    from .parity import parse_gates, precision_family, render_table
+    from .parity.recheck import recheck_artifact
+
+    gates = _parse_gate_options(gate)
+    failed, rows = [], []
+    for path in artifacts:
+        from .artifact import read_meta
+
+        prec = read_meta(path)["precision"]
+        overrides = []
+        for key in ("*", precision_family(prec), prec):
+            if key in gates:
+                overrides.extend(parse_gates(gates[key]))
+        meta, result, outcomes = recheck_artifact(path, overrides=list({g.metric: g for g in overrides}.values()),
+                                                  threads=threads)
+        ok = all(not o.failed for o in outcomes)
+        rows.append({"artifact": str(path), "passed": ok, "mean": result.mean, "min": result.min,
+                     "gates": [o.to_dict() for o in outcomes]})
+        if not as_json:
+            click.echo(render_table(outcomes, title=f"{'PASS' if ok else 'FAIL'}: {path} ({meta['target']}, {prec})"))
+        if not ok:
+            failed.append(str(path))
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    if failed:
+        raise ParityGateError(f"parity gate failed for {len(failed)} artifact(s): {', '.join(failed)}",
+                              "see the table above")
+
+
 def _slug(name: str) -> str:
     return name.replace("/", "--").replace("@", "-")
 

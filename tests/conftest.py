@@ -46,13 +46,13 @@ def tiny_splits():
 @pytest.fixture()
 def compile_context(tiny_reference, tiny_tokenizer, tiny_splits, tmp_path):
     """A real CompileContext over the tiny export (options empty; tests replace them)."""
-    from embedc.calibration import apply_prompt, length_distribution, tokenize_batches, PromptStyle
+    from embedc.calibration import PromptStyle, length_distribution, tokenize_batches
     from embedc.artifact import read_meta
     from embedc.targets.base import CompileContext
 
     meta = read_meta(tiny_reference)
     style = PromptStyle(query_prefix=meta["prefixes"]["query"], passage_prefix=meta["prefixes"]["passage"])
-    texts = [apply_prompt(s, style) for s in tiny_splits.calibration]
+    texts = style.apply_all(tiny_splits.calibration)
     names = [i["name"] for i in meta["inputs"]]
     batches = tokenize_batches(tiny_tokenizer, texts, batch_size=1, max_length=128, input_names=names)
     return CompileContext(reference_dir=tiny_reference, reference_meta=meta, calibration=tuple(batches),

@@ -1,0 +1,231 @@
+"""BuildSpec: the one validated description of a build. CLI flags and a
+TOML spec file both produce it; ``--dry-run`` prints it.
+
+Spec file layout (every key optional except what a build needs)::
+
+    out = "artifacts/e5-small"
+    [model]        name, trust_remote_code, allow_pickle, query_prefix, passage_prefix, instruct_task
+    [export]       opset
+    [calibration]  corpus ("default" or a path), calib_per_lang, eval_per_lang, seed, min_languages, max_length
+    [[matrix]]     target = "ort-cpu-avx2", precisions = ["fp32", "int8-static"], options = {int8-static = {...}}
+    [gates]        int8 = "mean>=0.995,min>=0.98"   (precision or family -> gates)
+    [gates.models."all-minilm-l6-v2"]  int8 = "mean>=0.99"   (only when that model is built)
+    [bench]        enabled, threads, batch_size, repeats
+"""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import SpecError
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str = "multilingual-e5-small"
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
+    query_prefix: str | None = None     # None: take the model's own
+    passage_prefix: str | None = None
+    instruct_task: str | None = None    # e5-instruct style queries
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    opset: int = 18
+
+
+@dataclass(frozen=True)
+class CalibrationSpec:
+    corpus: str = "default"
+    calib_per_lang: int = 8     # 38 languages x 8 = 304 texts: static ranges saturate well below this
+    eval_per_lang: int = 16     # 608 texts: per-language means over 16, 8 queries vs 8 passages each
+    seed: int = 0
+    min_languages: int = 2
+    max_length: int = 256       # truncation for calibration and parity texts
+
+
+@dataclass(frozen=True)
+class MatrixEntry:
+    target: str
+    precisions: tuple[str, ...]
+    options: dict = field(default_factory=dict)   # precision -> {option: value}
+
+
+@dataclass(frozen=True)
+class BenchSpec:
+    enabled: bool = False
+    threads: int | None = None
+    batch_size: int = 32
+    repeats: int = 5
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    model: ModelSpec = ModelSpec()
+    export: ExportSpec = ExportSpec()
+    calibration: CalibrationSpec = CalibrationSpec()
+    matrix: tuple[MatrixEntry, ...] = (MatrixEntry("ort-cpu-avx2", ("fp32", "int8-dynamic", "int8-static", "int4")),)
+    gates: dict = field(default_factory=dict)          # precision/family -> "metric>=x,..."
+    model_gates: dict = field(default_factory=dict)    # model name -> {precision/family -> gates}
+    bench: BenchSpec = BenchSpec()
+    out: str | None = None
+
+    def pairs(self) -> list[tuple[str, str]]:
+        return [(m.target, p) for m in self.matrix for p in m.precisions]
+
+    def options_for(self, target: str, precision: str) -> dict:
+        for m in self.matrix:
+            if m.target == target:
+                return dict(m.options.get(precision, {}))
+        return {}
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+_SECTIONS = {"model": ModelSpec, "export": ExportSpec, "calibration": CalibrationSpec, "bench": BenchSpec}
+
+
+def _build(cls, data: Any, where: str):
+    if not isinstance(data, dict):
+        raise SpecError(f"spec key '{where}' must be a table", f"write [{where}] with key = value lines")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            raise SpecError(f"unknown spec key '{where}.{key}'", f"valid keys: {', '.join(fields)}")
+    values = {}
+    for key, value in data.items():
+        expected = fields[key].type
+        values[key] = _check_type(value, expected, f"{where}.{key}")
+    return cls(**values)
+
+
+def _check_type(value: Any, expected: str, where: str):
+    kinds = {"str": str, "int": int, "bool": bool, "float": (int, float)}
+    options = [t.strip() for t in str(expected).split("|")]
+    if value is None and "None" in options:
+        return value
+    for opt in options:
+        py = kinds.get(opt)
+        if py is None:
+            continue
+        if opt == "int" and isinstance(value, bool):
+            continue
+        if isinstance(value, py):
+            if opt == "int" and value < 0:
+                raise SpecError(f"spec key '{where}' must be >= 0, got {value}", "use a non-negative number")
+            return value
+    raise SpecError(f"spec key '{where}' has a bad value {value!r}", f"expected {expected}")
+
+
+def spec_from_dict(data: dict) -> BuildSpec:
+    known = {"model", "export", "calibration", "matrix", "gates", "bench", "out"}
+    for key in data:
+        if key not in known:
+            raise SpecError(f"unknown spec key '{key}'", f"valid top-level keys: {', '.join(sorted(known))}")
+    kwargs: dict[str, Any] = {}
+    for name, cls in _SECTIONS.items():
+        if name in data:
+            kwargs[name] = _build(cls, data[name], name)
+    if "matrix" in data:
+        kwargs["matrix"] = _matrix(data["matrix"])
+    if "gates" in data:
+        kwargs["gates"], kwargs["model_gates"] = _gates(data["gates"])
+    if "out" in data:
+        kwargs["out"] = _check_type(data["out"], "str", "out")
+    return validate(BuildSpec(**kwargs))
+
+
+def _matrix(entries: Any) -> tuple[MatrixEntry, ...]:
+    if not isinstance(entries, list) or not entries:
+        raise SpecError("spec key 'matrix' must be a non-empty list of tables",
+                        "write [[matrix]] entries with target and precisions")
+    out = []
+    for i, e in enumerate(entries):
+        where = f"matrix[{i}]"
+        if not isinstance(e, dict):
+            raise SpecError(f"spec key '{where}' must be a table", "write target = ..., precisions = [...]")
+        unknown = set(e) - {"target", "precisions", "options"}
+        if unknown:
+            raise SpecError(f"unknown spec key '{where}.{sorted(unknown)[0]}'", "valid keys: target, precisions, options")
+        if not isinstance(e.get("target"), str):
+            raise SpecError(f"spec key '{where}.target' is missing or not a string", "name a target from 'embedc targets'")
+        precs = e.get("precisions")
+        if not isinstance(precs, list) or not precs or not all(isinstance(p, str) for p in precs):
+            raise SpecError(f"spec key '{where}.precisions' must be a non-empty list of strings",
+                            'e.g. precisions = ["fp32", "int8-static"]')
+        opts = e.get("options", {})
+        if not isinstance(opts, dict) or not all(isinstance(v, dict) for v in opts.values()):
+            raise SpecError(f"spec key '{where}.options' must map precision -> table of options",
+                            'e.g. options = {int8-static = {calibrate_method = "minmax"}}')
+        out.append(MatrixEntry(e["target"], tuple(precs), opts))
+    return tuple(out)
+
+
+def _gates(data: Any) -> tuple[dict, dict]:
+    from .parity import parse_gates
+
+    if not isinstance(data, dict):
+        raise SpecError("spec key 'gates' must be a table", 'e.g. [gates] int8 = "mean>=0.995"')
+    plain, per_model = {}, {}
+    for key, value in data.items():
+        if key == "models":
+            if not isinstance(value, dict):
+                raise SpecError("spec key 'gates.models' must be a table of model tables", "")
+            for model, table in value.items():
+                per_model[model] = {k: _gate_value(v, f"gates.models.{model}.{k}", parse_gates)
+                                    for k, v in table.items()}
+            continue
+        plain[key] = _gate_value(value, f"gates.{key}", parse_gates)
+    return plain, per_model
+
+
+def _gate_value(value, where, parse_gates) -> str:
+    if not isinstance(value, str):
+        raise SpecError(f"spec key '{where}' must be a string like \"mean>=0.995,min>=0.98\"", "quote the gates")
+    try:
+        parse_gates(value)
+    except Exception as exc:
+        raise SpecError(f"spec key '{where}': {exc}", "see 'embedc build --help' for gate syntax") from exc
+    return value
+
+
+def validate(spec: BuildSpec) -> BuildSpec:
+    """Checks that need the registries: targets, precisions, option names."""
+    from .parity.gates import precision_family
+    from .targets.registry import check_precision, get_target
+
+    seen = set()
+    for target, precision in spec.pairs():
+        t = get_target(target)
+        check_precision(t, precision)
+        if (target, precision) in seen:
+            raise SpecError(f"({target}, {precision}) appears twice in the matrix", "list each pair once")
+        seen.add((target, precision))
+    for key in spec.gates:
+        try:
+            precision_family(key)
+        except Exception:
+            if key not in ("fp32", "fp16", "int8", "int4"):
+                raise SpecError(f"spec key 'gates.{key}' is not a precision or family", "use e.g. int8 or int8-static")
+    c = spec.calibration
+    if c.calib_per_lang < 1 or c.eval_per_lang < 2:
+        raise SpecError("calibration sizes too small", "calib_per_lang >= 1 and eval_per_lang >= 2")
+    if c.max_length < 8:
+        raise SpecError(f"spec key 'calibration.max_length' is {c.max_length}", "use at least 8 tokens")
+    return spec
+
+
+def load_spec_file(path: Path) -> BuildSpec:
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"spec file {path} does not exist", "pass an existing TOML file to --spec")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"spec file {path} is not valid TOML: {exc}", "fix the syntax") from exc
+    return spec_from_dict(data)
