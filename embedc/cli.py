@@ -301,6 +301,37 @@ def parity(artifacts, gate, threads, as_json) -> None:
                               "see the table above")
 
 
+@cli.command()
+@click.argument("artifacts", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--model", default=None, help="Torch FP32 baseline model [default: the artifacts' model].")
+@click.option("--threads", type=int, default=None, help="Threads for every subject [default: all cores].")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--repeats", type=int, default=5, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def bench(artifacts, model, threads, batch_size, repeats, as_json) -> None:
+    """Benchmark artifacts side by side with the torch FP32 baseline (latency, throughput, memory, size)."""
+    from pathlib import Path
+
+    from .bench import render_bench, run_bench
+
+    result = run_bench([Path(a) for a in artifacts], model=model, threads=threads, batch_size=batch_size,
+                       repeats=repeats)
+    click.echo(json.dumps(result, indent=2) if as_json else render_bench(result))
+
+
+@cli.command()
+@click.argument("artifact", type=click.Path())
+@click.argument("texts", nargs=-1, required=True)
+@click.option("--kind", type=click.Choice(["query", "passage"]), default="query", show_default=True)
+def embed(artifact, texts, kind) -> None:
+    """Embed TEXTS with an artifact; prints one JSON array per text."""
+    from .runtime import load
+
+    enc = load(artifact)
+    for vec in enc.encode(list(texts), kind=kind):
+        click.echo(json.dumps([round(float(x), 6) for x in vec]))
+
+
 def _slug(name: str) -> str:
     return name.replace("/", "--").replace("@", "-")
 

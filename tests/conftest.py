@@ -12,6 +12,13 @@ import pytest
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Tests never read or write the user's ~/.cache/embedc (unless EMBEDC_CACHE is set)."""
+    if "EMBEDC_CACHE" not in os.environ:
+        os.environ["EMBEDC_CACHE"] = str(tmp_path_factory.mktemp("embedc-cache"))
+
+
 @pytest.fixture(scope="session")
 def tiny_source():
     from embedc.models import resolve_model

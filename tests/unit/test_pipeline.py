@@ -1,0 +1,109 @@
+"""The whole build on the tiny model: stage cache, manifest, gates, JUnit, atomicity."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from embedc.artifact import read_meta, sha256_file
+from embedc.pipeline import build
+from embedc.spec import BuildSpec, CalibrationSpec, MatrixEntry, ModelSpec
+
+SMALL = CalibrationSpec(calib_per_lang=2, eval_per_lang=4, max_length=64)
+
+
+def _spec(out, **kw) -> BuildSpec:
+    return BuildSpec(model=ModelSpec(name="random-tiny-xlmr"), calibration=SMALL,
+                     matrix=(MatrixEntry("ort-cpu", ("fp32", "int8-dynamic")),), out=str(out), **kw)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("stage-cache")
+
+
+@pytest.fixture(scope="module")
+def first_build(cache_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("b") / "build"
+    return build(_spec(out), cache_dir=cache_dir)
+
+
+def test_build_writes_artifacts_manifest_and_reports(first_build):
+    out = first_build.out
+    assert [a.status for a in first_build.artifacts] == ["pass", "pass"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["verdict"] == "pass" and manifest["random_weights"] is True
+    for a in manifest["artifacts"]:
+        folder = out / a["path"]
+        for f in a["files"]:
+            assert sha256_file(folder / f["path"]) == f["sha256"]
+        assert a["parity"]["mean"] > 0.99 and a["gates"]["verdict"] == "pass"
+    assert {"cpu_flags", "cores"} <= set(manifest["machine"])
+    assert (out / "report.md").read_text().startswith("# embedc build: random-tiny-xlmr")
+    assert "random weights" in (out / "report.md").read_text()
+    assert "<img" in (out / "report.html").read_text()
+    meta = read_meta(out / "ort-cpu" / "int8-dynamic")
+    cal = meta["calibration"]
+    assert cal["calibration"]["sha256"] != cal["evaluation"]["sha256"]
+    assert set(cal["calibration"]["languages"]) == set(cal["evaluation"]["languages"])
+
+
+def test_second_build_is_served_from_cache(first_build, cache_dir, tmp_path, caplog):
+    caplog.set_level("INFO", logger="embedc")
+    again = build(_spec(tmp_path / "again"), cache_dir=cache_dir)
+    assert all(a.cached for a in again.artifacts)
+    assert "export: cached" in caplog.text and "reference embeddings: cached" in caplog.text
+    assert [a.meta["parity"]["mean"] for a in again.artifacts] == [a.meta["parity"]["mean"] for a in first_build.artifacts]
+
+
+def test_changing_one_target_recompiles_only_that_one(first_build, cache_dir, tmp_path):
+    spec = dataclasses.replace(_spec(tmp_path / "c"), matrix=(
+        MatrixEntry("ort-cpu", ("fp32", "int8-dynamic"), {"int8-dynamic": {"per_channel": False}}),))
+    result = build(spec, cache_dir=cache_dir)
+    assert [a.cached for a in result.artifacts] == [True, False]
+
+
+def test_corrupted_cache_entry_is_rebuilt(first_build, cache_dir, tmp_path):
+    entries = [p for p in (cache_dir / "artifact").iterdir() if (p / "model.onnx").is_file()]
+    victim = entries[0] / "model.onnx"
+    with open(victim, "r+b") as fh:
+        fh.seek(100)
+        fh.write(b"\x00garbage\x00")
+    result = build(_spec(tmp_path / "d"), cache_dir=cache_dir)
+    assert sorted(a.cached for a in result.artifacts) == [False, True]
+    assert all(a.status == "pass" for a in result.artifacts)
+
+
+def test_failing_gate_writes_reports_and_exact_junit(first_build, cache_dir, tmp_path):
+    from embedc.junit import write_junit
+
+    spec = _spec(tmp_path / "e", gates={"int8-dynamic": "min>=1.0"})
+    result = build(spec, cache_dir=cache_dir)
+    assert [a.name for a in result.failed_gates] == ["ort-cpu/int8-dynamic"]
+    assert not (result.out / "ort-cpu" / "int8-dynamic").exists()   # no artifact for the failed pair
+    assert (result.out / "ort-cpu" / "fp32" / "model.onnx").is_file()
+    assert json.loads((result.out / "manifest.json").read_text())["verdict"] == "fail"
+    assert "min>=1.0" in (result.out / "report.md").read_text()
+    write_junit(result, tmp_path / "junit.xml")
+    suite = ET.parse(tmp_path / "junit.xml").getroot()
+    failed = [(c.get("classname"), c.get("name")) for c in suite if c.find("failure") is not None]
+    assert failed == [("embedc.ort-cpu.int8-dynamic", "min>=1.0")]
+    assert int(suite.get("failures")) == 1 and int(suite.get("tests")) == len(list(suite))
+
+
+def test_interrupted_build_keeps_previous_build(first_build, cache_dir, tmp_path, monkeypatch):
+    out = tmp_path / "f"
+    build(_spec(out), cache_dir=cache_dir)
+    before = (out / "manifest.json").read_text()
+    from embedc import pipeline
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "link_or_copy_tree", interrupted)  # dies while assembling the new build
+    with pytest.raises(KeyboardInterrupt):
+        build(_spec(out), cache_dir=cache_dir, force=True)
+    assert (out / "manifest.json").read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]  # no staging folder left
