@@ -23,7 +23,7 @@ from .models import load_tokenizer, load_torch_model, resolve_model
 from .models.cache import cache_root
 from .models.source import ModelSource
 from .spec import BuildSpec
-from .stage_cache import StageCache, content_key, hash_model_folder, link_or_copy_tree
+from .stage_cache import StageCache, content_key, hash_model_folder, copy_tree
 from .versions import library_versions
 
 log = logging.getLogger("embedc")
@@ -189,7 +189,7 @@ def build(spec: BuildSpec, *, force: bool = False, cache_dir: Path | None = None
 
     outcomes: list[ArtifactOutcome] = []
     with staged_dir(out, force=force) as stage:
-        link_or_copy_tree(export_dir, stage / "export")
+        copy_tree(export_dir, stage / "export")
         for target_name, precision in spec.pairs():
             target = get_target(target_name)
             backend = get_backend(target)
@@ -241,8 +241,8 @@ def build(spec: BuildSpec, *, force: bool = False, cache_dir: Path | None = None
                 rel = None
                 if passed:
                     rel = f"{target_name}/{precision}"
-                    link_or_copy_tree(hit, stage / rel)
-                    write_meta(stage / rel, meta)  # replaces the link: the cache copy stays untouched
+                    copy_tree(hit, stage / rel)
+                    write_meta(stage / rel, meta)  # adds the verdict; the cache entry keeps the neutral copy
                 outcomes.append(ArtifactOutcome(target_name, precision, "pass" if passed else "fail", rel, meta,
                                                 results, cached))
                 _log_parity(name, meta, passed, cached)

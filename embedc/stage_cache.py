@@ -70,12 +70,9 @@ def hash_model_folder(path: Path) -> str:
     return h.hexdigest()
 
 
-def link_or_copy_tree(src: Path, dst: Path) -> None:
-    """Materialize a cached folder in the build output (hard links when possible)."""
-    def _copy(s, d):
-        try:
-            Path(d).hardlink_to(s)
-        except OSError:
-            shutil.copy2(s, d)
+def copy_tree(src: Path, dst: Path) -> None:
+    """Materialize a cached folder in the build output.
 
-    shutil.copytree(src, dst, copy_function=_copy, ignore=shutil.ignore_patterns(ENTRY_JSON))
+    Copies, never hard links: a linked file is the cache's own inode, so editing
+    or corrupting one copy would silently change the other."""
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(ENTRY_JSON))

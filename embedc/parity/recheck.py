@@ -11,23 +11,12 @@ from .gates import evaluate_gates, resolve_gates
 from .metrics import compute_parity
 
 
-def recheck_artifact(artifact_dir: Path, *, overrides=None, per_model=None, cache_dir: Path | None = None,
-                     threads: int | None = None):
-    """Recompute the artifact's parity on its recorded evaluation split. Returns (meta, result, outcomes)."""
-    from ..models import load_tokenizer
+def _build_for(meta: dict, cache_dir: Path | None):
+    from ..models.cache import cache_root
     from ..pipeline import _Build
     from ..spec import BuildSpec, CalibrationSpec, ModelSpec
     from ..stage_cache import StageCache
-    from ..models.cache import cache_root
-    from ..targets.registry import get_backend, get_target
-    from .harness import embed_texts
 
-    artifact_dir = Path(artifact_dir)
-    meta = read_meta(artifact_dir)
-    if meta.get("stage") != "artifact":
-        raise ArtifactError(f"{artifact_dir} is a {meta.get('stage')} folder, not a built artifact",
-                            "pass a <target>/<precision> folder made by 'embedc build'")
-    verify_files(artifact_dir, meta)
     model = meta["model"]
     name = model["path"] if Path(model["path"]).is_dir() else model["name"]
     style = meta["prompt_style"]
@@ -36,7 +25,14 @@ def recheck_artifact(artifact_dir: Path, *, overrides=None, per_model=None, cach
                                      query_prefix=style["query_prefix"], passage_prefix=style["passage_prefix"],
                                      instruct_task=style.get("instruct_task")),
                      calibration=CalibrationSpec(**meta["calibration_spec"]))
-    b = _Build(spec, StageCache(cache_dir or cache_root() / "stages"))
+    return _Build(spec, StageCache(cache_dir or cache_root() / "stages"))
+
+
+def _reference_for_artifact(artifact_dir: Path, meta: dict, cache_dir: Path | None = None):
+    """(evaluation samples, formatted texts, torch reference embeddings) the artifact was judged on."""
+    from ..models import load_tokenizer
+
+    b = _build_for(meta, cache_dir)
     splits = b.splits()
     recorded = meta["calibration"]["evaluation"]["sha256"]
     if splits.summary()["evaluation"]["sha256"] != recorded:
@@ -44,12 +40,26 @@ def recheck_artifact(artifact_dir: Path, *, overrides=None, per_model=None, cach
                             "rebuild the artifact, or restore the corpus it was built with")
     samples = list(splits.evaluation)
     texts = b.prompt_style().apply_all(samples)
-    tokenizer = load_tokenizer(dataclasses.replace(b.source, path=artifact_dir))
-    reference = b.reference(tokenizer, texts, recorded, meta["parity_max_length"])
-    backend = get_backend(get_target(meta["target"]))
-    runner = backend.load(artifact_dir, meta, threads=threads)
-    names = [i["name"] for i in meta["inputs"]]
-    cand = embed_texts(runner.embed, tokenizer, texts, input_names=names, max_length=meta["parity_max_length"])
+    tokenizer = load_tokenizer(dataclasses.replace(b.source, path=Path(artifact_dir)))
+    return samples, texts, b.reference(tokenizer, texts, recorded, meta["parity_max_length"])
+
+
+def recheck_artifact(artifact_dir: Path, *, overrides=None, per_model=None, cache_dir: Path | None = None,
+                     threads: int | None = None):
+    """Recompute the artifact's parity on its recorded evaluation split. Returns (meta, result, outcomes)."""
+    from ..runtime import Encoder
+    from .harness import embed_texts
+
+    artifact_dir = Path(artifact_dir)
+    meta = read_meta(artifact_dir)
+    if meta.get("stage") != "artifact":
+        raise ArtifactError(f"{artifact_dir} is a {meta.get('stage')} folder, not a built artifact",
+                            "pass a <target>/<precision> folder made by 'embedc build'")
+    verify_files(artifact_dir, meta)
+    samples, texts, reference = _reference_for_artifact(artifact_dir, meta, cache_dir)
+    enc = Encoder(artifact_dir, threads=threads, verify=False)
+    cand = embed_texts(enc._runner.embed, enc.tokenizer, texts, input_names=enc.input_names,
+                       max_length=meta["parity_max_length"])
     result = compute_parity(reference, cand, ids=[s.id for s in samples], langs=[s.lang for s in samples],
                             kinds=[s.kind for s in samples])
     gates = resolve_gates(meta["precision"], overrides, per_model)
