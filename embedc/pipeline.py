@@ -104,11 +104,17 @@ class _Build:
         return self._model
 
     # -- stages ---------------------------------------------------------------
-    def export(self) -> tuple[Path, str, bool]:
+    def export_key(self) -> str:
+        from .exporter import OUTPUT_NAMES
+
+        return content_key("export", {"model": self.model_hash, "opset": self.spec.export.opset,
+                                      "outputs": OUTPUT_NAMES, "random": self.source.random_weights,
+                                      "versions": _versions(_EXPORT_LIBS)})
+
+    def export(self) -> tuple[Path, str]:
         from .exporter import export_reference
 
-        key = content_key("export", {"model": self.model_hash, "opset": self.spec.export.opset,
-                                     "random": self.source.random_weights, "versions": _versions(_EXPORT_LIBS)})
+        key = self.export_key()
         hit = self.cache.lookup("export", key)
         if hit is None:
             log.info("exporting %s to ONNX", self.source.name)
@@ -117,7 +123,7 @@ class _Build:
                                                                 force=True))
         else:
             log.info("export: cached (%s)", key[:12])
-        return hit, key, hit is not None
+        return hit, key
 
     def splits(self):
         from .calibration import load_corpus, load_default_corpus, make_splits
@@ -165,7 +171,7 @@ def build(spec: BuildSpec, *, force: bool = False, cache_dir: Path | None = None
     out = Path(spec.out) if spec.out else default_out(b.source)
     check_output_location(out, force=force)
 
-    export_dir, export_key, _ = b.export()
+    export_dir, export_key = b.export()
     ref_meta = read_meta(export_dir)
     tokenizer = load_tokenizer(dataclasses.replace(b.source, path=export_dir))
     input_names = [i["name"] for i in ref_meta["inputs"]]
@@ -222,6 +228,9 @@ def build(spec: BuildSpec, *, force: bool = False, cache_dir: Path | None = None
                         meta = _artifact_meta(b.source, ref_meta, target, precision, res, summary, style,
                                               length_stats, max_len, compile_s)
                         meta["calibration_spec"] = dataclasses.asdict(spec.calibration)
+                        from .st_compat import write_st_files
+
+                        meta["sentence_transformers"] = write_st_files(tmp, meta, b.source.path)
                         runner = backend.load(tmp, meta)
                         cand = embed_texts(runner.embed, tokenizer, eval_texts, input_names=input_names,
                                            max_length=max_len)
@@ -291,7 +300,9 @@ def _artifact_meta(source, ref_meta, target, precision, res, summary, style, len
         "opset_reference": ref_meta["opset"],
         "recipe": res.recipe,
         "runtime": res.runtime,
-        "unverified": list(res.unverified) + list(target.notes),
+        "target_settings": target.settings,
+        "target_notes": list(target.notes),
+        "unverified": list(res.unverified),
         "calibration": summary,
         "calibration_lengths": length_stats,
         "parity_max_length": max_len,

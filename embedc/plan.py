@@ -7,13 +7,12 @@ from .spec import BuildSpec
 def plan_build(spec: BuildSpec) -> dict:
     """Cheap plan: resolves the model and targets, reports cache state of the export."""
     from .models.cache import cache_root
-    from .pipeline import _EXPORT_LIBS, _Build, _versions, default_out
-    from .stage_cache import StageCache, content_key
+    from .pipeline import _Build, default_out
+    from .stage_cache import StageCache
     from .targets.registry import get_target
 
     b = _Build(spec, StageCache(cache_root() / "stages"))
-    export_key = content_key("export", {"model": b.model_hash, "opset": spec.export.opset,
-                                        "random": b.source.random_weights, "versions": _versions(_EXPORT_LIBS)})
+    export_key = b.export_key()
     export_cached = b.cache.lookup("export", export_key) is not None
     stages = [{"stage": "export", "cached": export_cached},
               {"stage": "calibration+evaluation split", "cached": False, "note": "deterministic, cheap"},

@@ -25,7 +25,8 @@ log = logging.getLogger("embedc")
 
 MODEL_FILE = "model.onnx"
 INPUT_NAMES = ["input_ids", "attention_mask"]
-OUTPUT_NAMES = ["sentence_embedding", "token_embeddings"]
+# The second name follows transformers/optimum, so sentence-transformers can load ORT artifacts.
+OUTPUT_NAMES = ["sentence_embedding", "last_hidden_state"]
 SUPPORTED_OPSETS = range(17, 21)  # LayerNormalization stays one op; no opset-23 Attention
 PROTOBUF_LIMIT = 2 * 1024**3 - 64 * 1024**2  # keep a margin under protobuf's 2 GiB
 
@@ -85,7 +86,7 @@ def export_reference(source: ModelSource, out: Path, *, opset: int = 18, force: 
             "inputs": [{"name": n, "dtype": "int64", "shape": ["batch", "sequence"]} for n in INPUT_NAMES],
             "outputs": [{"name": "sentence_embedding", "dtype": "float32", "shape": ["batch", hidden],
                          "meaning": "mean pooling over attention_mask, then L2 normalization"},
-                        {"name": "token_embeddings", "dtype": "float32", "shape": ["batch", "sequence", hidden],
+                        {"name": "last_hidden_state", "dtype": "float32", "shape": ["batch", "sequence", hidden],
                          "meaning": "last_hidden_state"}],
             "max_length": max_len,
             "prefixes": {"query": source.query_prefix, "passage": source.passage_prefix},

@@ -7,7 +7,7 @@ from torch import nn
 
 
 class SentenceEmbedder(nn.Module):
-    """(input_ids, attention_mask) -> (sentence_embedding, token_embeddings)."""
+    """(input_ids, attention_mask) -> (sentence_embedding, last_hidden_state)."""
 
     def __init__(self, encoder: nn.Module):
         super().__init__()

@@ -1,0 +1,251 @@
+"""OpenVINO backend on the real tiny XLM-R export: every precision converts,
+runs on the CPU plugin and stays close to the FP32 reference ONNX; the IRs
+hold what each precision promises; NPU buckets are static and padding-invariant."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("openvino")
+pytest.importorskip("nncf")
+
+from embedc.errors import MissingDependencyError, TargetError  # noqa: E402
+from embedc.targets import openvino_shapes as shapes  # noqa: E402
+from embedc.targets.openvino import BACKEND, TARGETS, WEIGHTS  # noqa: E402
+
+TARGET = {t.name: t for t in TARGETS}
+# minimum per-text cosine vs the FP32 reference, per precision (tiny random model)
+MIN_COSINE = {"fp32": 0.99999, "fp16": 0.9995, "int8-static": 0.99, "int8-weights": 0.999, "int4": 0.98}
+_BUILT: dict = {}
+
+
+@pytest.fixture()
+def build(compile_context, tmp_path_factory):
+    """Compile (target, precision, options) once per session; returns (out_dir, CompileResult)."""
+
+    def _build(target: str, precision: str, **options):
+        key = (target, precision, json.dumps(options, sort_keys=True))
+        if key not in _BUILT:
+            out = tmp_path_factory.mktemp(f"{target}-{precision}")
+            ctx = dataclasses.replace(compile_context, options=options)
+            _BUILT[key] = (out, BACKEND.compile(TARGET[target], precision, ctx, out))
+        return _BUILT[key]
+
+    return _build
+
+
+def _load(out, res, threads=1):
+    return BACKEND.load(out, {"model_file": res.model_file, "runtime": res.runtime}, threads=threads)
+
+
+@pytest.fixture(scope="module")
+def eval_batches(tiny_reference, tiny_tokenizer, tiny_splits):
+    """Evaluation texts in batches of 8 and the reference ONNX's FP32 embeddings."""
+    import onnxruntime as ort
+
+    from embedc.artifact import read_meta
+    from embedc.calibration import PromptStyle, tokenize_batches
+
+    meta = read_meta(tiny_reference)
+    style = PromptStyle(meta["prefixes"]["query"], meta["prefixes"]["passage"])
+    batches = tokenize_batches(tiny_tokenizer, style.apply_all(tiny_splits.evaluation), batch_size=8,
+                               max_length=128, input_names=[i["name"] for i in meta["inputs"]])
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(str(tiny_reference / meta["model_file"]), opts, providers=["CPUExecutionProvider"])
+    ref = np.concatenate([sess.run(["sentence_embedding"], b)[0] for b in batches])
+    return batches, ref
+
+
+def _embed(runner, batches) -> np.ndarray:
+    return np.concatenate([runner.embed(b) for b in batches])
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def _read(out, xml):
+    import openvino as ov
+
+    return ov.Core().read_model(str(out / xml), str(out / WEIGHTS))
+
+
+def _const_types(model) -> set[str]:
+    return {op.get_output_element_type(0).get_type_name() for op in model.get_ops()
+            if op.get_type_name() == "Constant"}
+
+
+@pytest.mark.parametrize("precision", list(MIN_COSINE))
+def test_precision_matches_reference(build, eval_batches, precision):
+    out, res = build("openvino-cpu", precision)
+    batches, ref = eval_batches
+    emb = _embed(_load(out, res), batches)
+    assert emb.dtype == np.float32 and emb.shape == ref.shape
+    cos = _cosines(emb, ref)
+    assert cos.min() >= MIN_COSINE[precision], (precision, cos.min())
+    model = _read(out, res.model_file)
+    assert {p.get_any_name() for p in model.inputs} == {"input_ids", "attention_mask"}
+    assert "sentence_embedding" in {n for p in model.outputs for n in p.get_names()}
+    assert res.runtime["config"]["INFERENCE_PRECISION_HINT"] == "f32" and res.unverified == ()
+
+
+def test_int8_static_has_fake_quantize_and_int8_table(build):
+    out, res = build("openvino-cpu", "int8-static")
+    model = _read(out, res.model_file)
+    fq = [op for op in model.get_ops() if op.get_type_name() == "FakeQuantize"]
+    assert fq, "no FakeQuantize nodes in the int8-static IR"
+    assert "i8" in _const_types(model)
+    assert res.recipe["ir"]["embedding_table"]["dtype"] == "i8"  # the 250k-row table is quantized too
+    assert res.recipe["overflow_fix"] in ("enable", "disable") and res.recipe["overflow_fix_reason"]
+    fp32_out, _ = build("openvino-cpu", "fp32")
+    assert (out / WEIGHTS).stat().st_size < 0.3 * (fp32_out / WEIGHTS).stat().st_size
+
+
+def test_fp16_bin_is_half_of_fp32(build):
+    fp32, _ = build("openvino-cpu", "fp32")
+    fp16, res = build("openvino-cpu", "fp16")
+    ratio = (fp16 / WEIGHTS).stat().st_size / (fp32 / WEIGHTS).stat().st_size
+    assert 0.45 < ratio < 0.55
+    assert "f16" in _const_types(_read(fp16, res.model_file))
+
+
+def test_int4_has_4bit_weights_and_all_layers_shrinks_table(build, eval_batches):
+    out, res = build("openvino-cpu", "int4")
+    assert _const_types(_read(out, res.model_file)) & {"u4", "i4"}
+    assert res.recipe["ir"]["embedding_table"]["dtype"] in ("u8", "i8")  # NNCF keeps it 8-bit by default
+    out_all, res_all = build("openvino-cpu", "int4", all_layers=True, ratio=1.0)  # ratio < 1 keeps the table 8-bit
+    assert res_all.recipe["ir"]["embedding_table"]["dtype"] in ("u4", "i4")
+    assert (out_all / WEIGHTS).stat().st_size < 0.7 * (out / WEIGHTS).stat().st_size
+    batches, ref = eval_batches
+    assert _cosines(_embed(_load(out_all, res_all), batches), ref).min() >= 0.95
+
+
+def test_int8_static_ignored_scope_keeps_matched_layers_unquantized(build, compile_context):
+    out, res = build("openvino-cpu", "int8-static", ignored_scopes=[r"layer\.1\.output\.dense"])
+    rec = res.recipe["ignored_scope"]
+    assert rec["nodes"] == 1 and rec["modules"][0].endswith("layer.1.output.dense")
+    from embedc.targets.openvino import module_paths
+
+    paths = module_paths(compile_context.reference_onnx)
+    fed_by_fq = {paths[op.get_friendly_name()]: op.input_value(0).get_node().get_type_name() == "FakeQuantize"
+                 for op in _read(out, res.model_file).get_ops()
+                 if op.get_type_name() == "MatMul" and paths.get(op.get_friendly_name(), "").endswith(".dense")}
+    assert fed_by_fq and {p for p, fq in fed_by_fq.items() if not fq} == set(rec["modules"])
+
+
+def test_threads_and_f32_are_pinned(build):
+    out, res = build("openvino-cpu", "fp32")
+    compiled = _load(out, res, threads=1).compiled
+    assert compiled.get_property("INFERENCE_NUM_THREADS") == 1
+    assert compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name() == "f32"
+
+
+def test_npu_buckets_are_static_and_cover_calibration(build, compile_context):
+    out, res = build("openvino-npu", "fp32")
+    buckets = res.runtime["buckets"]
+    assert res.runtime["static_shapes"] and res.runtime["device"] == "NPU"
+    assert max(b["length"] for b in buckets) >= compile_context.length_stats["max"]
+    assert max(b["length"] for b in buckets) == compile_context.reference_meta["max_length"]
+    assert sorted(p.name for p in out.iterdir()) == sorted([WEIGHTS] + [b["model"] for b in buckets])
+    for b in buckets:
+        model = _read(out, b["model"])
+        for port in model.inputs:
+            assert port.get_partial_shape().is_static
+            assert list(port.get_shape()) == [b["batch"], b["length"]]
+    assert res.unverified and "NPU" in res.unverified[0]
+
+
+@pytest.mark.parametrize("buckets", [None, ["2x64", 128]])
+def test_npu_padding_matches_dynamic_ir(build, eval_batches, buckets):
+    """Batches of 8 split into bucket batches and padded give the dynamic IR's embeddings."""
+    opts = {} if buckets is None else {"buckets": buckets}
+    out, res = build("openvino-npu", "fp32", **opts)
+    dyn_out, dyn_res = build("openvino-cpu", "fp32")
+    batches, _ = eval_batches
+    if buckets is not None:  # cut to 64 tokens (mask included) so every batch fits these buckets
+        batches = [{k: v[:, :64] for k, v in b.items()} for b in batches]
+    npu, dyn = _load(out, res), _load(dyn_out, dyn_res)
+    np.testing.assert_allclose(_embed(npu, batches), _embed(dyn, batches), atol=2e-5)
+
+
+def test_npu_batch_longer_than_buckets_is_refused(build, eval_batches):
+    out, res = build("openvino-npu", "fp32", buckets=[32])
+    batches, _ = eval_batches
+    long = next(b for b in batches if shapes.used_length(b) > 32)
+    with pytest.raises(TargetError, match="exceeds the largest NPU bucket"):
+        _load(out, res).embed(long)
+
+
+@pytest.mark.parametrize("buckets, match", [([], "at least one"), ([1024], "exceeds the model's max length"),
+                                            (["two"], "not a length")])
+def test_npu_without_usable_shapes_is_refused(compile_context, tmp_path, buckets, match):
+    ctx = dataclasses.replace(compile_context, options={"buckets": buckets})
+    with pytest.raises(TargetError, match=match):
+        BACKEND.compile(TARGET["openvino-npu"], "fp32", ctx, tmp_path / "out")
+
+
+@pytest.mark.parametrize("target, options, match", [
+    ("openvino-cpu", {"device": "TPU"}, "unknown OpenVINO device"),
+    ("openvino-cpu", {"device": "GPU"}, "does not belong to target"),
+    ("openvino-gpu", {"buckets": [64]}, "unknown option"),
+    ("openvino-cpu", {"group_size": 32}, "unknown option"),
+])
+def test_bad_device_or_options_are_usage_errors(compile_context, tmp_path, target, options, match):
+    ctx = dataclasses.replace(compile_context, options=options)
+    with pytest.raises(TargetError, match=match) as info:
+        BACKEND.compile(TARGET[target], "fp32", ctx, tmp_path / "out")
+    assert info.value.exit_code == 2 and info.value.hint
+
+
+def test_bad_quantizer_options_are_usage_errors(compile_context, tmp_path):
+    for precision, options, match in [("int8-static", {"ignored_scopes": ["no_such_module"]}, "matches no"),
+                                      ("int8-static", {"overflow_fix": "sometimes"}, "invalid overflow_fix"),
+                                      ("int4", {"mode": "int8_sym"}, "int4 mode must be"),
+                                      ("int4", {"all_layers": "False"}, "must be true or false"),
+                                      ("int4", {"group_size": 32.5}, "must be an integer"),
+                                      ("int4", {"ratio": 1.5}, "outside")]:
+        ctx = dataclasses.replace(compile_context, options=options)
+        with pytest.raises(TargetError, match=match):
+            BACKEND.compile(TARGET["openvino-cpu"], precision, ctx, tmp_path / precision)
+
+
+def test_gpu_artifact_records_device_settings(build):
+    out, res = build("openvino-gpu", "fp16")
+    assert res.runtime["device"] == "GPU" and res.runtime["config"]["INFERENCE_PRECISION_HINT"] == "f16"
+    assert res.unverified and "CPU plugin" in res.unverified[0]
+    assert (out / res.model_file).is_file()
+
+
+def test_missing_openvino_is_a_one_line_install_hint(compile_context, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # makes 'import openvino' fail
+    with pytest.raises(MissingDependencyError) as info:
+        BACKEND.compile(TARGET["openvino-cpu"], "fp32", compile_context, tmp_path / "out")
+    assert info.value.hint == "pip install 'embedc[openvino]'" and "\n" not in str(info.value)
+
+
+def test_default_buckets_follow_length_stats():
+    stats = {"p50": 20, "p90": 70, "p99": 130, "max": 200}
+    assert [b.length for b in shapes.default_buckets(stats, 512)] == [32, 96, 160, 224, 512]
+    assert [b.length for b in shapes.default_buckets({**stats, "max": 600}, 256)] == [32, 96, 160, 256]
+    assert shapes.pick_bucket(shapes.parse_buckets(["4x128", 128, 64], 512), 100) == shapes.Bucket(128, 4)
+
+
+@pytest.mark.parametrize("flags, expected", [({"avx2", "fma"}, "enable"), ({"avx2", "avx512_vnni"}, "disable"),
+                                             ({"avx2", "avx_vnni"}, "disable"), ({"amx_int8"}, "disable")])
+def test_overflow_fix_follows_cpu_int8_instructions(monkeypatch, flags, expected):
+    """AVX2-only CPUs saturate u8*s8 in VPMADDUBSW, so NNCF's 7-bit weight fix is on there only."""
+    import nncf
+    import openvino as ov
+
+    from embedc.targets import openvino as backend
+
+    monkeypatch.setattr(backend, "_cpuinfo_flags", lambda: set(flags))  # the host probe, not the choice
+    fix, reason = backend._overflow_fix(nncf, ov, "CPU", None)
+    assert fix.value == expected and "cpuinfo" in reason
+    assert backend._overflow_fix(nncf, ov, "GPU", None)[0] == nncf.OverflowFix.DISABLE
+    assert backend._overflow_fix(nncf, ov, "CPU", "enable")[0] == nncf.OverflowFix.ENABLE
