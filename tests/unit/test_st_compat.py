@@ -26,14 +26,9 @@ PAIRS = ["ort-cpu/fp32", "ort-cpu/int8-dynamic", "openvino-cpu/fp32", "openvino-
 
 @pytest.fixture(scope="module")
 def st_build(tmp_path_factory):
-    """A real build whose files have the names optimum needs. Until the lead
-    decides, the exporter's second output (``token_embeddings``) and the
-    OpenVINO IR (``model.xml``) are named here as sentence-transformers wants:
-    ``last_hidden_state`` and ``openvino_model.xml``."""
-    from embedc.exporter import export as export_mod
+    """A real build of ORT and OpenVINO artifacts (the pipeline writes the ST files)."""
     from embedc.pipeline import build
     from embedc.spec import BuildSpec, CalibrationSpec, MatrixEntry, ModelSpec
-    from embedc.targets import openvino as ov_backend
 
     pytest.importorskip("openvino")
     spec = BuildSpec(model=ModelSpec(name="random-tiny-xlmr"),
@@ -41,12 +36,7 @@ def st_build(tmp_path_factory):
                      matrix=(MatrixEntry("ort-cpu", ("fp32", "int8-dynamic")),
                              MatrixEntry("openvino-cpu", ("fp32", "int8-weights"))),
                      out=str(tmp_path_factory.mktemp("st") / "build"))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(export_mod, "OUTPUT_NAMES", ["sentence_embedding", "last_hidden_state"])
-        mp.setattr(ov_backend, "MODEL_XML", "openvino_model.xml")
-        mp.setattr(ov_backend, "WEIGHTS", "openvino_model.bin")
-        # its own cache: the export cache key does not see the output names
-        result = build(spec, cache_dir=tmp_path_factory.mktemp("st-cache"))
+    result = build(spec, cache_dir=tmp_path_factory.mktemp("st-cache"))
     assert [a.status for a in result.artifacts] == ["pass"] * len(PAIRS)
     return result.out
 
@@ -86,15 +76,16 @@ def test_sentence_transformers_reproduces_the_artifact(st_build, pair):
 def _copy_artifact(src: Path, dst: Path) -> tuple[Path, dict]:
     """The artifact as the pipeline made it (its inventory), without ST files."""
     meta = read_meta(src)
-    for entry in meta["files"] + [{"path": "embedc.json"}]:
+    st_files = set((meta.get("sentence_transformers") or {}).get("files", []))
+    for entry in [f for f in meta["files"] if f["path"] not in st_files] + [{"path": "embedc.json"}]:
         (dst / entry["path"]).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src / entry["path"], dst / entry["path"])
     return dst, meta
 
 
 def test_onnx_without_last_hidden_state_is_refused_and_st_would_fail(st_build, tmp_path):
-    """optimum picks ``last_hidden_state`` by name: the current exporter name
-    ``token_embeddings`` cannot load, so no files are written."""
+    """optimum picks ``last_hidden_state`` by name: a graph whose token output
+    is named otherwise cannot load, so no files are written."""
     import onnx
 
     folder, meta = _copy_artifact(st_build / "ort-cpu" / "fp32", tmp_path / "a")
