@@ -336,6 +336,16 @@ def _slug(name: str) -> str:
     return name.replace("/", "--").replace("@", "-")
 
 
+def _register_backend_commands() -> None:
+    from .targets.trt_cli import check_trt, engine as engine_cmd
+
+    cli.add_command(check_trt)
+    cli.add_command(engine_cmd)
+
+
+_register_backend_commands()
+
+
 def main() -> None:
     cli.main(prog_name="embedc")
 

@@ -164,7 +164,8 @@ def rule_io_types(g: _Graph, precision: str) -> list[Violation]:
             continue
         t = i.type.tensor_type.elem_type
         if g.dtype_name(t) not in ("INT64", "INT32"):
-            out.append(Violation("io-types", i.name, f"graph input is {g.dtype_name(t)}, expected int64/int32 token ids"))
+            out.append(Violation("io-types", i.name,
+                                 f"graph input is {g.dtype_name(t)}, expected int64/int32 token ids"))
     outs = {o.name: o for o in g.g.output}
     if SENTENCE_OUTPUT not in outs:
         out.append(Violation("io-types", SENTENCE_OUTPUT, "graph has no sentence_embedding output"))

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 SCOPE_KEY = "pkg.torch.onnx.name_scopes"
 SENTENCE_OUTPUT = "sentence_embedding"
-TOKEN_OUTPUT = "token_embeddings"
+TOKEN_OUTPUT = "last_hidden_state"
 
 # Op types kept in FP32 inside FP16 graphs (the checker enforces the same list).
 KEEP_FP32_OPS: tuple[str, ...] = (
@@ -70,18 +70,15 @@ def _ancestors(graph, tensors: Iterable[str]) -> set[str]:
     prod = producers(graph)
     seen: set[str] = set()
     stack = [t for t in tensors if t in prod]
-    done_tensors: set[str] = set()
+    visited: set[str] = set()
     while stack:
         t = stack.pop()
-        if t in done_tensors:
+        if t in visited:
             continue
-        done_tensors.add(t)
+        visited.add(t)
         node = prod[t]
-        key = node.name or id(node)
-        if key in seen:
-            continue
-        seen.add(key)
-        stack.extend(i for i in node.input if i and i in prod)
+        seen.add(node.name)
+        stack.extend(i for i in node.input if i in prod)
     return seen
 
 
@@ -90,8 +87,8 @@ def pooling_tail_nodes(model) -> set[str]:
     mean pool and L2 norm (and the mask's own Cast/Unsqueeze feeding them).
 
     They are every ancestor of ``sentence_embedding`` that is not an ancestor
-    of ``token_embeddings`` (the last hidden state). Without a
-    ``token_embeddings`` output, the boundary is the last LayerNormalization.
+    of ``last_hidden_state`` (the last hidden state). Without a
+    ``last_hidden_state`` output, the boundary is the last LayerNormalization.
     """
     g = model.graph
     outputs = {o.name for o in g.output}
@@ -104,7 +101,17 @@ def pooling_tail_nodes(model) -> set[str]:
         if not lns:
             return set()
         hidden = lns[-1].output[0]
-    return {n for n in _ancestors(g, [SENTENCE_OUTPUT]) - _ancestors(g, [hidden]) if isinstance(n, str)}
+    return _ancestors(g, [SENTENCE_OUTPUT]) - _ancestors(g, [hidden])
+
+
+def sentence_output_only(model):
+    """Drop every graph output but ``sentence_embedding``: an engine copies each
+    output out on every call, and [batch, seq, hidden] hidden states are the
+    largest tensor there. The artifact declares ``sentence_embedding`` only."""
+    keep = [o for o in model.graph.output if o.name == SENTENCE_OUTPUT]
+    del model.graph.output[:]
+    model.graph.output.extend(keep)
+    return model
 
 
 def to_fp16(model, *, keep_ops: Iterable[str] = KEEP_FP32_OPS, keep_nodes: Iterable[str] = ()):
@@ -115,12 +122,71 @@ def to_fp16(model, *, keep_ops: Iterable[str] = KEEP_FP32_OPS, keep_nodes: Itera
     mask's ``finfo(float32).min`` becomes -65504, still a hard mask)."""
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
-    block_nodes = sorted(pooling_tail_nodes(model) | set(keep_nodes))
-    return convert_float_to_float16(
-        model, keep_io_types=True,
-        op_block_list=sorted(set(DEFAULT_OP_BLOCK_LIST) | set(keep_ops)),
-        node_block_list=block_nodes,
-    )
+    block_ops = set(DEFAULT_OP_BLOCK_LIST) | set(keep_ops)
+    block_nodes = pooling_tail_nodes(model) | set(keep_nodes)
+    out = convert_float_to_float16(model, keep_io_types=True, op_block_list=sorted(block_ops),
+                                   node_block_list=sorted(block_nodes))
+    return drop_fp16_roundtrips(out, block_ops, block_nodes)
+
+
+def _cast_to(node) -> int | None:
+    return next((a.i for a in node.attribute if a.name == "to"), None) if node.op_type == "Cast" else None
+
+
+def drop_fp16_roundtrips(model, block_ops: set[str], block_nodes: set[str]):
+    """Remove FP32 -> FP16 -> FP32 Cast pairs between two FP32-kept nodes.
+
+    The converter types every float tensor FP16, so an edge between two kept
+    nodes (inside the pooling / L2-norm tail, or a kept node feeding a graph
+    output) becomes Cast(fp16) + Cast(fp32): the tail would round to FP16
+    after all. Consumers are rewired to the FP32 tensor; a Cast that names a
+    graph output stays as an FP32->FP32 no-op so the output keeps its name.
+    """
+    from onnx import TensorProto
+
+    g = model.graph
+    prod = producers(g)
+    outputs = {o.name for o in g.output}
+
+    def fp32_source(node) -> str | None:
+        """The FP32 tensor behind ``Cast(to=float)(Cast(to=float16)(x))``, if x is a kept node's output."""
+        if _cast_to(node) != TensorProto.FLOAT:
+            return None
+        c16 = prod.get(node.input[0])
+        if c16 is None or _cast_to(c16) != TensorProto.FLOAT16:
+            return None
+        src = prod.get(c16.input[0])
+        if src is not None and (src.op_type in block_ops or src.name in block_nodes):
+            return c16.input[0]
+        return None
+
+    rename = {}
+    for node in g.node:
+        src = fp32_source(node)
+        if src is None:
+            continue
+        if node.output[0] in outputs:
+            node.input[0] = src
+        else:
+            rename[node.output[0]] = src
+    for node in g.node:
+        for i, name in enumerate(node.input):
+            if name in rename:
+                node.input[i] = rename[name]
+    _remove_dead(g)
+    return model
+
+
+def _remove_dead(g) -> None:
+    """Drop nodes whose outputs nothing reads (repeat until stable)."""
+    while True:
+        used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+        dead = [n for n in g.node if not any(o in used for o in n.output)]
+        if not dead:
+            return
+        keep = [n for n in g.node if any(o in used for o in n.output)]
+        del g.node[:]
+        g.node.extend(keep)
 
 
 def const_matmuls(model) -> list:
