@@ -29,9 +29,16 @@ def st_export(model_dir: Path, work: Path, config: str) -> tuple[Path, float]:
     shutil.copytree(model_dir, local)
     t0 = time.perf_counter()
     model = SentenceTransformer(str(local), backend="onnx", device="cpu")
-    model.save_pretrained(str(local))  # writes onnx/model.onnx next to the modules
     export_dynamic_quantized_onnx_model(model, config, str(local))
     return local, time.perf_counter() - t0
+
+
+def st_quantized_file(st_dir: Path, config: str) -> Path:
+    """Where sentence-transformers put its quantized model (top level or onnx/, by version)."""
+    found = sorted(st_dir.rglob(f"model_qint8_{config}.onnx"))
+    if not found:
+        raise FileNotFoundError(f"sentence-transformers wrote no model_qint8_{config}.onnx under {st_dir}")
+    return found[0]
 
 
 def st_parity(st_dir: Path, config: str, artifact: Path):
@@ -45,7 +52,7 @@ def st_parity(st_dir: Path, config: str, artifact: Path):
     meta = read_meta(artifact)
     samples, texts, reference = _reference_for_artifact(artifact, meta)
     model = SentenceTransformer(str(st_dir), backend="onnx", device="cpu",
-                                model_kwargs={"file_name": f"onnx/model_qint8_{config}.onnx"})
+                                model_kwargs={"file_name": st_quantized_file(st_dir, config).relative_to(st_dir).as_posix()})
     model.max_seq_length = meta["parity_max_length"]
     emb = model.encode(texts, batch_size=16, normalize_embeddings=True, convert_to_numpy=True)
     return compute_parity(reference, np.asarray(emb), ids=[s.id for s in samples], langs=[s.lang for s in samples],
@@ -77,7 +84,7 @@ def main() -> None:
     model_dir = Path(manifest["model"]["path"])
     with tempfile.TemporaryDirectory() as tmp:
         st_dir, st_s = st_export(model_dir, Path(tmp), args.st_config)
-        st_file = st_dir / "onnx" / f"model_qint8_{args.st_config}.onnx"
+        st_file = st_quantized_file(st_dir, args.st_config)
         st_par = st_parity(st_dir, args.st_config, arts[0]).to_dict()
         bench = run_bench(arts, model=str(model_dir), threads=args.threads, repeats=args.repeats, extra=[
             {"name": f"sentence-transformers int8 ({args.st_config})", "kind": "onnx-file", "path": str(st_file),

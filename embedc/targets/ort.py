@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ArtifactError, CompileError, MissingDependencyError, TargetError
+from ..errors import ArtifactError, CompileError, EmbedcError, MissingDependencyError, TargetError
 from .base import CompileContext, CompileResult, Target
 
 PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8-static", "int4")
@@ -201,19 +201,15 @@ class OrtBackend:
         work = Path(ctx.work_dir) / f"ort-{target.name}-{precision}"
         work.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
-        settings = target.settings
-        if precision == "fp32":
-            recipe = _compile_fp32(src, dst, options, oq)
-        elif precision == "fp16":
-            recipe = _compile_fp16(src, dst, options, oq)
-        elif precision == "int8-dynamic":
-            recipe = oq.quantize_int8_dynamic(src, dst, settings=settings, options=options, work=work)
-        elif precision == "int8-static":
-            recipe = oq.quantize_int8_static(src, dst, feeds=_feeds(ctx), input_names=ctx.input_names,
-                                             settings=settings, options=options, work=work, threads=None)
-        else:
-            recipe = oq.quantize_int4(src, dst, feeds=_feeds(ctx), input_names=ctx.input_names, options=options,
-                                      work=work, threads=None)
+        try:
+            recipe = _dispatch(precision, src, dst, target.settings, options, ctx, work, oq)
+        except EmbedcError:
+            raise
+        except Exception as exc:  # onnx / onnxruntime raise their own types; name the step that failed
+            detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise CompileError(f"onnxruntime {precision} compile for {target.name} failed: {detail}",
+                               "re-run with a fresh export; report it with the recipe options if it persists"
+                               ) from exc
         seconds = time.perf_counter() - started
         _check_artifact(dst, src, oq)
         size, ref_size = oq.files_bytes(dst), oq.files_bytes(src)
@@ -245,6 +241,21 @@ class OrtBackend:
 
 
 BACKEND = OrtBackend()
+
+
+def _dispatch(precision: str, src: Path, dst: Path, settings: dict, options: dict, ctx: CompileContext,
+              work: Path, oq) -> dict:
+    if precision == "fp32":
+        return _compile_fp32(src, dst, options, oq)
+    if precision == "fp16":
+        return _compile_fp16(src, dst, options, oq)
+    if precision == "int8-dynamic":
+        return oq.quantize_int8_dynamic(src, dst, settings=settings, options=options, work=work)
+    if precision == "int8-static":
+        return oq.quantize_int8_static(src, dst, feeds=_feeds(ctx), input_names=ctx.input_names,
+                                       settings=settings, options=options, work=work, threads=None)
+    return oq.quantize_int4(src, dst, feeds=_feeds(ctx), input_names=ctx.input_names, options=options,
+                            work=work, threads=None)
 
 
 # ---- fp32 / fp16
