@@ -225,6 +225,16 @@ def build(spec_file, model, trust_remote_code, allow_pickle, target, precision, 
     from .pipeline import build as run_build
 
     result = run_build(spec, force=force)
+    if spec.bench.enabled:
+        from .bench import render_bench, run_bench
+        from .fsutil import write_json_atomic
+
+        kept = [result.out / a.path for a in result.artifacts if a.path]
+        if kept:
+            figures = run_bench(kept, threads=spec.bench.threads, batch_size=spec.bench.batch_size,
+                                repeats=spec.bench.repeats)
+            write_json_atomic(result.out / "bench.json", figures)
+            click.echo(render_bench(figures))
     if junit:
         from .junit import write_junit
 
