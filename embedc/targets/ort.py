@@ -74,9 +74,10 @@ DEFAULTS: dict[str, dict] = {
 CHOICES = {"optimization": ("extended", "basic", "disabled"), "calibrate_method": CALIBRATE_METHODS,
            "excluded_as": ("int8-weight-only", "fp32"), "algorithm": ("default", "rtn", "gptq", "hqq"),
            "embedding_bits": (4, 8), "accuracy_level": (0, 1, 2, 3, 4)}
-BLOCK_SIZE_REASON = ("block 32 (ORT's default is 128): encoder weights are small (K = 384-1536) and carry "
-                     "outlier rows; smaller blocks bound each outlier's damage to 32 weights for +0.125 "
-                     "byte/weight of scales")
+BLOCK_SIZE_REASON = ("block 32 (ORT's default is 128): encoder weights are small (K = 384-1536) with outlier "
+                     "rows; measured on all-MiniLM-L6-v2 (true FP32) mean cosine 0.941 at block 32 vs 0.924 at "
+                     "64 and 0.911 at 128, for +0.125 byte/weight of scales. The embedding table uses block 64: "
+                     "on multilingual-e5-small block 32 gives 15.8% of FP32, block 64 14.6% (mean 0.99979)")
 
 
 def resolve_options(precision: str, given: dict, target: str = "") -> dict:
