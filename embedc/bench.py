@@ -66,8 +66,8 @@ def run_bench(artifacts: list[Path], *, model: str | None = None, threads: int |
         if model:
             log.info("bench: torch FP32 baseline")
             base = _run(["--kind", "torch", "--path", str(model)], **common)
-            base_size = sum(p.stat().st_size for p in Path(model).glob("*.safetensors")) / 1e6
-            rows.append({"name": "torch-fp32", **base, "size_mb": base_size})
+            on_disk = sum(p.stat().st_size for p in Path(model).glob("*.safetensors")) / 1e6
+            rows.append({"name": "torch-fp32", **base, "size_mb": on_disk or base.get("weights_mb", 0.0)})
         for a in artifacts:
             meta = read_meta(a)
             name = f"{meta.get('target') or 'reference'}/{meta['precision']}"

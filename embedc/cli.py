@@ -225,16 +225,10 @@ def build(spec_file, model, trust_remote_code, allow_pickle, target, precision, 
     from .pipeline import build as run_build
 
     result = run_build(spec, force=force)
-    if spec.bench.enabled:
-        from .bench import render_bench, run_bench
-        from .fsutil import write_json_atomic
+    if (result.manifest.get("bench") or {}).get("rows"):
+        from .bench import render_bench
 
-        kept = [result.out / a.path for a in result.artifacts if a.path]
-        if kept:
-            figures = run_bench(kept, threads=spec.bench.threads, batch_size=spec.bench.batch_size,
-                                repeats=spec.bench.repeats)
-            write_json_atomic(result.out / "bench.json", figures)
-            click.echo(render_bench(figures))
+        click.echo(render_bench(result.manifest["bench"]))
     if junit:
         from .junit import write_junit
 

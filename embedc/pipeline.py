@@ -23,7 +23,7 @@ from .models import load_tokenizer, load_torch_model, resolve_model
 from .models.cache import cache_root
 from .models.source import ModelSource
 from .spec import BuildSpec
-from .stage_cache import StageCache, content_key, hash_model_folder, copy_tree
+from .stage_cache import StageCache, code_digest, content_key, copy_tree, hash_model_folder
 from .versions import library_versions
 
 log = logging.getLogger("embedc")
@@ -31,6 +31,11 @@ log = logging.getLogger("embedc")
 _EXPORT_LIBS = ("torch", "transformers", "tokenizers", "onnx", "onnxscript", "onnxruntime")
 _BACKEND_LIBS = {"ort": ("onnx", "onnxruntime", "onnx-ir"), "openvino": ("openvino", "nncf"),
                  "tensorrt": ("onnx", "onnxruntime", "tensorrt")}
+# Source that shapes a stage's output; its digest is part of the stage's cache key.
+_EXPORT_CODE = ("exporter/*.py", "models/loading.py")
+_ARTIFACT_CODE = ("targets/base.py", "parity/metrics.py", "parity/harness.py", "st_compat.py")
+_BACKEND_CODE = {"ort": ("targets/ort*.py",), "openvino": ("targets/openvino*.py",),
+                 "tensorrt": ("targets/tensorrt.py", "targets/trt_*.py")}
 
 
 @dataclass
@@ -109,7 +114,7 @@ class _Build:
 
         return content_key("export", {"model": self.model_hash, "opset": self.spec.export.opset,
                                       "outputs": OUTPUT_NAMES, "random": self.source.random_weights,
-                                      "versions": _versions(_EXPORT_LIBS)})
+                                      "versions": _versions(_EXPORT_LIBS), "code": code_digest(*_EXPORT_CODE)})
 
     def export(self) -> tuple[Path, str]:
         from .exporter import export_reference
@@ -145,7 +150,8 @@ class _Build:
 
         key = content_key("reference", {"model": self.model_hash, "eval": eval_hash, "texts": eval_texts[:1],
                                         "n": len(eval_texts), "max_length": max_length,
-                                        "versions": _versions(("torch", "transformers", "tokenizers"))})
+                                        "versions": _versions(("torch", "transformers", "tokenizers")),
+                                        "code": code_digest("parity/reference.py", "models/loading.py")})
         hit = self.cache.lookup("reference", key)
         if hit is None:
             log.info("computing torch FP32 reference embeddings for %d evaluation texts", len(eval_texts))
@@ -204,7 +210,8 @@ def build(spec: BuildSpec, *, force: bool = False, cache_dir: Path | None = None
                 "export": export_key, "target": dataclasses.asdict(target), "precision": precision,
                 "options": options, "calibration": summary["calibration"]["sha256"], "eval": eval_hash,
                 "style": style.to_dict(), "max_length": max_len,
-                "versions": _versions(_BACKEND_LIBS.get(target.backend, ()))})
+                "versions": _versions(_BACKEND_LIBS.get(target.backend, ())),
+                "code": code_digest(*_ARTIFACT_CODE, *_BACKEND_CODE.get(target.backend, ()))})
             name = f"{target_name}/{precision}"
             try:
                 hit = b.cache.lookup("artifact", key)
@@ -260,15 +267,34 @@ def build(spec: BuildSpec, *, force: bool = False, cache_dir: Path | None = None
                     raise
                 log.error("%s: %s", name, exc)
                 outcomes.append(ArtifactOutcome(target_name, precision, "error", error=str(exc)))
+        bench = _bench(spec, stage, outcomes)
         from .manifest import build_manifest
 
         manifest = build_manifest(spec, b.source, ref_meta, summary, outcomes, stage,
-                                  seconds=time.perf_counter() - t_start)
+                                  seconds=time.perf_counter() - t_start, bench=bench)
         result = BuildResult(out, manifest, outcomes)
         from .report import write_reports
 
         write_reports(result, stage)
     return result
+
+
+def _bench(spec: BuildSpec, stage: Path, outcomes: list[ArtifactOutcome]) -> dict | None:
+    """Benchmark the kept artifacts against torch FP32 (in the staged folder, so the
+    figures land in manifest.json and the reports). Never cached: speed belongs to
+    the machine and moment of the run. A benchmark failure is recorded, not fatal:
+    the artifacts and their parity verdicts stand without it."""
+    kept = [stage / a.path for a in outcomes if a.path]
+    if not spec.bench.enabled or not kept:
+        return None
+    from .bench import run_bench
+
+    try:
+        return run_bench(kept, threads=spec.bench.threads, batch_size=spec.bench.batch_size,
+                         repeats=spec.bench.repeats)
+    except EmbedcError as exc:
+        log.error("benchmark failed: %s", exc)
+        return {"error": str(exc), "rows": []}
 
 
 def _gates_for(spec: BuildSpec, precision: str, parse_gates) -> list:

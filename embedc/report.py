@@ -43,7 +43,9 @@ def render_markdown(manifest: dict) -> str:
                      f"{r['worst_lang']} {_f(r['worst_lang_mean'])} | {_f(r['top10'], 3)} | {_f(r['top1'], 3)} | "
                      f"{r['mb']:.1f} |")
     bench = manifest.get("bench")
-    if bench:
+    if bench and bench.get("error"):
+        lines += ["", "## Benchmark", "", f"Benchmark failed: {bench['error']}"]
+    elif bench:
         lines += ["", f"## Benchmark ({bench.get('machine', {}).get('cpu', '')}, {bench.get('threads')} threads)", "",
                   "| model | batch-1 latency ms (p50 / p95) | batch-32 texts/s | vs torch | peak RSS MB | load s | size MB |",
                   "|---|---|---|---|---|---|---|"]

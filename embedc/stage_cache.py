@@ -1,7 +1,8 @@
 """Content-addressed stage cache (export, reference embeddings, artifacts).
 
-Keys hash the stage's inputs, its config and the library versions that shape
-its output (Olive omits the versions; a library upgrade must miss the cache).
+Keys hash the stage's inputs, its config, the library versions that shape its
+output (Olive omits the versions; a library upgrade must miss the cache) and
+the source of the embedc modules that produce it (a recipe fix must miss too).
 An entry is a folder holding ``entry.json`` with a sha256 per file; a missing
 or altered file makes the entry corrupt, which is reported, removed and rebuilt.
 """
@@ -58,6 +59,22 @@ class StageCache:
             write_json_atomic(tmp / ENTRY_JSON, {"stage": stage, "key": key, **info,
                                                  "files": file_inventory(tmp, exclude=(ENTRY_JSON,))})
         return folder
+
+
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def code_digest(*patterns: str) -> str:
+    """Hash of the embedc source files matching ``patterns`` (globs relative to the
+    package), so editing a backend's recipe invalidates only that backend's entries."""
+    h = hashlib.sha256()
+    files = sorted({p for pat in patterns for p in _PACKAGE.glob(pat) if p.is_file()})
+    if not files:
+        raise ValueError(f"no embedc source matches {patterns}")
+    for p in files:
+        h.update(p.relative_to(_PACKAGE).as_posix().encode())
+        h.update(hashlib.sha256(p.read_bytes()).digest())
+    return h.hexdigest()[:16]
 
 
 def hash_model_folder(path: Path) -> str:

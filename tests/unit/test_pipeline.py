@@ -9,7 +9,7 @@ import pytest
 
 from embedc.artifact import read_meta, sha256_file
 from embedc.pipeline import build
-from embedc.spec import BuildSpec, CalibrationSpec, MatrixEntry, ModelSpec
+from embedc.spec import BenchSpec, BuildSpec, CalibrationSpec, MatrixEntry, ModelSpec
 
 SMALL = CalibrationSpec(calib_per_lang=2, eval_per_lang=4, max_length=64)
 
@@ -63,6 +63,50 @@ def test_changing_one_target_recompiles_only_that_one(first_build, cache_dir, tm
         MatrixEntry("ort-cpu", ("fp32", "int8-dynamic"), {"int8-dynamic": {"per_channel": False}}),))
     result = build(spec, cache_dir=cache_dir)
     assert [a.cached for a in result.artifacts] == [True, False]
+
+
+def test_editing_a_backends_source_recompiles_only_its_artifacts(first_build, cache_dir, tmp_path, monkeypatch):
+    """A recipe fix must miss the cache: the key holds a digest of the backend's source."""
+    from embedc import pipeline, stage_cache
+
+    real = stage_cache.code_digest
+
+    def edited(*patterns):
+        return real(*patterns) + ("-edited" if "targets/ort*.py" in patterns else "")
+
+    import shutil
+
+    own_cache = tmp_path / "cache"  # a copy, so the shared cache keeps one entry per artifact
+    shutil.copytree(cache_dir, own_cache)
+    monkeypatch.setattr(pipeline, "code_digest", edited)
+    result = build(_spec(tmp_path / "g"), cache_dir=own_cache)
+    assert [a.cached for a in result.artifacts] == [False, False]
+    assert [a.meta["parity"]["mean"] for a in result.artifacts] == pytest.approx(
+        [a.meta["parity"]["mean"] for a in first_build.artifacts], abs=1e-6)
+
+
+def test_code_digest_follows_the_source_files():
+    from embedc.stage_cache import code_digest
+
+    assert code_digest("targets/ort*.py") == code_digest("targets/ort*.py")
+    assert code_digest("targets/ort*.py") != code_digest("targets/openvino*.py")
+    with pytest.raises(ValueError, match="no embedc source"):
+        code_digest("targets/no_such_backend*.py")
+
+
+def test_build_bench_figures_go_into_manifest_and_reports(first_build, cache_dir, tmp_path):
+    spec = dataclasses.replace(_spec(tmp_path / "h"), matrix=(MatrixEntry("ort-cpu", ("int8-dynamic",)),),
+                               bench=BenchSpec(enabled=True, threads=1, batch_size=8, repeats=1))
+    result = build(spec, cache_dir=cache_dir)
+    manifest = json.loads((result.out / "manifest.json").read_text())
+    rows = {r["name"]: r for r in manifest["bench"]["rows"]}
+    assert set(rows) == {"torch-fp32", "ort-cpu/int8-dynamic"}
+    assert rows["torch-fp32"]["speedup"] == pytest.approx(1.0)
+    art = rows["ort-cpu/int8-dynamic"]
+    assert art["throughput"] > 0 and art["latency_ms_p50"] > 0 and art["peak_rss_mb"] > 0
+    assert art["size_mb"] < rows["torch-fp32"]["size_mb"]
+    assert "## Benchmark" in (result.out / "report.md").read_text()
+    assert "ort-cpu/int8-dynamic" in (result.out / "report.md").read_text().split("## Benchmark")[1]
 
 
 def test_corrupted_cache_entry_is_rebuilt(first_build, cache_dir, tmp_path):
