@@ -264,6 +264,10 @@ def _print_build(result, as_json: bool) -> None:
         click.echo(f"{a['name']:<34} {a['status']:<6} {p.get('mean', float('nan')):>8.5f} {p.get('p01') or float('nan'):>8.5f} "
                    f"{p.get('min', float('nan')):>8.5f} {wl[0]:>7} {wl[1]['mean']:>8.5f} "
                    f"{top if top is not None else float('nan'):>6.3f} {(a.get('bytes') or 0) / 1e6:>8.1f}")
+    arts = result.artifacts
+    compiled = [a.name for a in arts if not a.cached and a.status != "error"]
+    click.echo(f"{sum(a.cached for a in arts)} of {len(arts)} artifacts served from the stage cache; "
+               f"compiled: {', '.join(compiled) or 'nothing'}; {result.manifest.get('seconds', 0):.1f} s")
     for a in result.failed_gates:
         click.echo(render_table(a.gates, title=f"FAILED: {a.name}"), err=True)
 

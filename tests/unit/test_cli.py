@@ -98,6 +98,9 @@ def test_gate_failure_exit_3_then_parity_recheck(runner, tmp_path):
     assert "parity gate failed for 1 artifact(s): ort-cpu/int8-dynamic" in _one_line_error(result)
     assert (out / "report.md").is_file() and junit.is_file()
     assert not (out / "ort-cpu" / "int8-dynamic").exists()
+    again = runner.invoke(cli, ["build", *TINY, "-t", "ort-cpu", "-p", "fp32", "-o", str(tmp_path / "again")])
+    assert again.exit_code == 0, again.output
+    assert "1 of 1 artifacts served from the stage cache; compiled: nothing" in again.output
     # The CI command: re-check the kept artifact, then break it.
     ok = runner.invoke(cli, ["parity", str(out / "ort-cpu" / "fp32")])
     assert ok.exit_code == 0, ok.output
