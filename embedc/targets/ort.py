@@ -192,10 +192,10 @@ class OrtBackend:
                               f"choose one of: {', '.join(target.precisions)}")
         options = resolve_options(precision, dict(ctx.options), target.name)
         ort = _require_ort()
-        from . import ort_quant as oq  # noqa: PLC0415
+        from . import ort_graph as og  # noqa: PLC0415
 
         src = Path(ctx.reference_onnx)
-        _check_reference(ctx, oq)
+        _check_reference(ctx, og)
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         dst = out_dir / MODEL_FILE
@@ -203,7 +203,7 @@ class OrtBackend:
         work.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         try:
-            recipe = _dispatch(precision, src, dst, target.settings, options, ctx, work, oq)
+            recipe = _dispatch(precision, src, dst, target.settings, options, ctx, work, og)
         except EmbedcError:
             raise
         except Exception as exc:  # onnx / onnxruntime raise their own types; name the step that failed
@@ -212,8 +212,8 @@ class OrtBackend:
                                "re-run with a fresh export; report it with the recipe options if it persists"
                                ) from exc
         seconds = time.perf_counter() - started
-        _check_artifact(dst, src, oq)
-        size, ref_size = oq.files_bytes(dst), oq.files_bytes(src)
+        _check_artifact(dst, src, og)
+        size, ref_size = og.files_bytes(dst), og.files_bytes(src)
         recipe = {"backend": "ort", "target": target.name, "precision": precision,
                   "options": {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()},
                   **recipe, "seconds": round(seconds, 1), "bytes": size, "reference_bytes": ref_size,
@@ -245,35 +245,37 @@ BACKEND = OrtBackend()
 
 
 def _dispatch(precision: str, src: Path, dst: Path, settings: dict, options: dict, ctx: CompileContext,
-              work: Path, oq) -> dict:
+              work: Path, og) -> dict:
+    from . import ort_int4, ort_int8  # noqa: PLC0415
+
     if precision == "fp32":
-        return _compile_fp32(src, dst, options, oq)
+        return _compile_fp32(src, dst, options, og)
     if precision == "fp16":
-        return _compile_fp16(src, dst, options, oq)
+        return _compile_fp16(src, dst, options, og)
     if precision == "int8-dynamic":
-        return oq.quantize_int8_dynamic(src, dst, settings=settings, options=options, work=work)
+        return ort_int8.quantize_int8_dynamic(src, dst, settings=settings, options=options, work=work)
     if precision == "int8-static":
-        return oq.quantize_int8_static(src, dst, feeds=_feeds(ctx), input_names=ctx.input_names,
-                                       settings=settings, options=options, work=work, threads=None)
-    return oq.quantize_int4(src, dst, feeds=_feeds(ctx), input_names=ctx.input_names, options=options,
-                            work=work, threads=None)
+        return ort_int8.quantize_int8_static(src, dst, feeds=_feeds(ctx), input_names=ctx.input_names,
+                                             settings=settings, options=options, work=work, threads=None)
+    return ort_int4.quantize_int4(src, dst, feeds=_feeds(ctx), input_names=ctx.input_names, options=options,
+                                  work=work, threads=None)
 
 
 # ---- fp32 / fp16
-def _compile_fp32(src: Path, dst: Path, options: dict, oq) -> dict:
+def _compile_fp32(src: Path, dst: Path, options: dict, og) -> dict:
     """ORT's own graph optimizer at a portable level, saved offline."""
     import onnxruntime as ort  # noqa: PLC0415
 
     level = options["optimization"]
     if level == "disabled":
-        oq.copy_model(src, dst)
+        og.copy_model(src, dst)
         return {"library_call": "copy of the reference ONNX", "settings": {"graph_optimization_level": "none"}}
     so = ort.SessionOptions()
     so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED if level == "extended"
                                    else ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)
     so.optimized_model_filepath = str(dst)
     so.log_severity_level = 3
-    external = oq.files_bytes(src) > oq.EXTERNAL_DATA_BYTES
+    external = og.files_bytes(src) > og.EXTERNAL_DATA_BYTES
     if external:
         so.add_session_config_entry("session.optimized_model_external_initializers_file_name", dst.name + ".data")
         so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
@@ -284,15 +286,17 @@ def _compile_fp32(src: Path, dst: Path, options: dict, oq) -> dict:
                    "a model saved at ORT_ENABLE_ALL carries layout transforms tied to the CPU that saved it"}
 
 
-def _compile_fp16(src: Path, dst: Path, options: dict, oq) -> dict:
+def _compile_fp16(src: Path, dst: Path, options: dict, og) -> dict:
     from onnxruntime.transformers.float16 import convert_float_to_float16  # noqa: PLC0415
     from onnxruntime.transformers.onnx_model import OnnxModel  # noqa: PLC0415
 
-    model = oq.load_model(src)
-    external = oq.needs_external_data(model)
+    from .ort_session import quiet_ort_logs  # noqa: PLC0415
+
+    model = og.load_model(src)
+    external = og.needs_external_data(model)
     block = list(options["op_block_list"])
-    oq.strip_debug_metadata(model)
-    with oq.quiet_ort_logs():
+    og.strip_debug_metadata(model)
+    with quiet_ort_logs():
         model16 = convert_float_to_float16(model, keep_io_types=True, op_block_list=block,
                                            disable_shape_infer=external)  # onnx shape inference stops at 2 GB
     # the converter appends the Casts around blocked nodes at the end (restore topological order), and
@@ -302,7 +306,7 @@ def _compile_fp16(src: Path, dst: Path, options: dict, oq) -> dict:
     stale = [v for v in model16.graph.value_info if v.name in names]
     for v in stale:
         model16.graph.value_info.remove(v)
-    oq.save_model(model16, dst)
+    og.save_model(model16, dst)
     return {"library_call": "onnxruntime.transformers.float16.convert_float_to_float16",
             "settings": {"keep_io_types": True, "op_block_list": block, "disable_shape_infer": external},
             "why": "normalization, softmax, pow/reductions and the pooling tail stay FP32 (FP16 overflow and "
@@ -319,7 +323,7 @@ def _feeds(ctx: CompileContext) -> tuple:
     return ctx.calibration
 
 
-def _check_reference(ctx: CompileContext, oq) -> None:
+def _check_reference(ctx: CompileContext, og) -> None:
     """The reference must be the file the export validated: hash, protobuf, I/O names."""
     from ..artifact import verify_files  # noqa: PLC0415
 
@@ -346,7 +350,7 @@ def _check_reference(ctx: CompileContext, oq) -> None:
                            f"{list(ctx.input_names)} and {OUTPUT!r}", "re-run 'embedc export'")
 
 
-def _check_artifact(dst: Path, src: Path, oq) -> None:
+def _check_artifact(dst: Path, src: Path, og) -> None:
     import onnx  # noqa: PLC0415
 
     if not dst.is_file():

@@ -16,6 +16,7 @@ pytest.importorskip("nncf")
 from embedc.errors import MissingDependencyError, TargetError  # noqa: E402
 from embedc.targets import openvino_shapes as shapes  # noqa: E402
 from embedc.targets.openvino import BACKEND, TARGETS, WEIGHTS  # noqa: E402
+from helpers import cosines, embed  # noqa: E402
 
 TARGET = {t.name: t for t in TARGETS}
 # minimum per-text cosine vs the FP32 reference, per precision (tiny random model)
@@ -61,14 +62,6 @@ def eval_batches(tiny_reference, tiny_tokenizer, tiny_splits):
     return batches, ref
 
 
-def _embed(runner, batches) -> np.ndarray:
-    return np.concatenate([runner.embed(b) for b in batches])
-
-
-def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-
-
 def _read(out, xml):
     import openvino as ov
 
@@ -84,9 +77,9 @@ def _const_types(model) -> set[str]:
 def test_precision_matches_reference(build, eval_batches, precision):
     out, res = build("openvino-cpu", precision)
     batches, ref = eval_batches
-    emb = _embed(_load(out, res), batches)
+    emb = embed(_load(out, res), batches)
     assert emb.dtype == np.float32 and emb.shape == ref.shape
-    cos = _cosines(emb, ref)
+    cos = cosines(emb, ref)
     assert cos.min() >= MIN_COSINE[precision], (precision, cos.min())
     model = _read(out, res.model_file)
     assert {p.get_any_name() for p in model.inputs} == {"input_ids", "attention_mask"}
@@ -122,7 +115,7 @@ def test_int4_has_4bit_weights_and_all_layers_shrinks_table(build, eval_batches)
     assert res_all.recipe["ir"]["embedding_table"]["dtype"] in ("u4", "i4")
     assert (out_all / WEIGHTS).stat().st_size < 0.7 * (out / WEIGHTS).stat().st_size
     batches, ref = eval_batches
-    assert _cosines(_embed(_load(out_all, res_all), batches), ref).min() >= 0.95
+    assert cosines(embed(_load(out_all, res_all), batches), ref).min() >= 0.95
 
 
 def test_int8_static_ignored_scope_keeps_matched_layers_unquantized(build, compile_context):
@@ -170,7 +163,7 @@ def test_npu_padding_matches_dynamic_ir(build, eval_batches, buckets):
     if buckets is not None:  # cut to 64 tokens (mask included) so every batch fits these buckets
         batches = [{k: v[:, :64] for k, v in b.items()} for b in batches]
     npu, dyn = _load(out, res), _load(dyn_out, dyn_res)
-    np.testing.assert_allclose(_embed(npu, batches), _embed(dyn, batches), atol=2e-5)
+    np.testing.assert_allclose(embed(npu, batches), embed(dyn, batches), atol=2e-5)
 
 
 def test_npu_batch_longer_than_buckets_is_refused(build, eval_batches):

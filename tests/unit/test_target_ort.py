@@ -15,8 +15,9 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 from embedc.errors import ArtifactError, CompileError, TargetError  # noqa: E402
-from embedc.targets import ort_quant as oq  # noqa: E402
+from embedc.targets import ort_graph as og  # noqa: E402
 from embedc.targets.ort import BACKEND, PRECISIONS, TARGETS, resolve_options  # noqa: E402
+from helpers import cosines, embed  # noqa: E402
 
 TARGET = {t.name: t for t in TARGETS}
 # minimum per-text cosine vs the reference ONNX on the tiny random model (measured:
@@ -53,11 +54,7 @@ def eval_batches(tiny_reference, tiny_tokenizer, tiny_splits):
     batches = tokenize_batches(tiny_tokenizer, style.apply_all(tiny_splits.evaluation), batch_size=8,
                                max_length=128, input_names=[i["name"] for i in meta["inputs"]])
     ref = BACKEND.load(tiny_reference, meta, threads=1)
-    return batches, np.concatenate([ref.embed(b) for b in batches])
-
-
-def _cosines(a, b):
-    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    return batches, embed(ref, batches)
 
 
 def _graph(out, res):
@@ -96,9 +93,9 @@ def test_precision_compiles_loads_and_matches_reference(build, precision, eval_b
     assert [i.name for i in got.input] == [i.name for i in want.input] == ["input_ids", "attention_mask"]
     assert [o.name for o in got.output] == [o.name for o in want.output]
     runner = BACKEND.load(out, {"model_file": res.model_file}, threads=1)
-    emb = np.concatenate([runner.embed(b) for b in batches])
+    emb = embed(runner, batches)
     assert emb.dtype == np.float32 and emb.shape == ref.shape
-    assert _cosines(ref, emb).min() > MIN_COSINE[precision]
+    assert cosines(ref, emb).min() > MIN_COSINE[precision]
     assert res.recipe["size_ratio"] < MAX_RATIO[precision]
     assert res.recipe["bytes"] == sum(p.stat().st_size for p in out.iterdir())
     assert res.runtime["providers"][-1] == "CPUExecutionProvider"
@@ -137,7 +134,7 @@ def test_int8_static_is_qdq_on_linear_matmuls_with_an_int8_table(build):
     model = _graph(out, res)
     ops = _ops(model)
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
-    inits = oq.initializer_map(model)
+    inits = og.initializer_map(model)
     table = _table_node(model)
     assert inits[table.input[0]].data_type == onnx.TensorProto.UINT8
     assert next(a.i for a in table.attribute if a.name == "bits") == 8
@@ -168,7 +165,7 @@ def test_int8_dynamic_uses_integer_matmuls_and_an_int8_table(build):
     model = _graph(out, res)
     assert {"DynamicQuantizeLinear", "MatMulInteger"} <= _ops(model)
     table = _table_node(model)
-    assert oq.initializer_map(model)[table.input[0]].data_type == onnx.TensorProto.UINT8
+    assert og.initializer_map(model)[table.input[0]].data_type == onnx.TensorProto.UINT8
     assert res.recipe["settings"]["reduce_range"] is True
 
 
@@ -181,7 +178,7 @@ def test_int4_has_matmulnbits_and_a_4bit_table(build):
         attrs = {a.name: a.i for a in n.attribute}
         assert (attrs["bits"], attrs["block_size"], attrs["accuracy_level"]) == (4, 32, 4)
     table = _table_node(model)
-    assert oq.initializer_map(model)[table.input[0]].data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4)
+    assert og.initializer_map(model)[table.input[0]].data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4)
 
 
 def test_quantize_embedding_false_keeps_the_table_fp32(build):
@@ -235,7 +232,7 @@ def test_histogram_calibration_needs_no_padding(build, method, eval_batches):
     assert res.recipe["calibration"]["method"] == method
     batches, ref = eval_batches
     runner = BACKEND.load(out, {"model_file": res.model_file}, threads=1)
-    assert _cosines(ref, np.concatenate([runner.embed(b) for b in batches])).min() > 0.99
+    assert cosines(ref, embed(runner, batches)).min() > 0.99
 
 
 def test_vnni_and_arm64_targets_change_the_int8_recipe(build):
@@ -243,7 +240,7 @@ def test_vnni_and_arm64_targets_change_the_int8_recipe(build):
     out, arm = build("ort-cpu-arm64", "int8-static", auto_exclude=False)
     assert vnni.recipe["settings"]["reduce_range"] is False
     assert arm.recipe["settings"]["activation_type"] == "QInt8"
-    zps = [oq.initializer_map(_graph(out, arm))[n.input[2]] for n in _graph(out, arm).graph.node
+    zps = [og.initializer_map(_graph(out, arm))[n.input[2]] for n in _graph(out, arm).graph.node
            if n.op_type == "QuantizeLinear"]
     assert zps and all(z.data_type == onnx.TensorProto.INT8 and not np.any(onnx.numpy_helper.to_array(z))
                        for z in zps)  # S8S8, symmetric activations
@@ -300,19 +297,19 @@ def test_load_reports_a_missing_model_file(tmp_path):
 # ---- graph helpers ---------------------------------------------------------------------------
 def test_module_paths_come_from_the_dynamo_name_scopes(tiny_reference):
     model = onnx.load(str(tiny_reference / "model.onnx"))
-    paths = [oq.module_path(n) for n in oq.weight_matmuls(model)]
+    paths = [og.module_path(n) for n in og.weight_matmuls(model)]
     assert len(paths) == 12 and "encoder.encoder.layer.1.output.dense" in paths
-    table = oq.word_embedding_gather(model)
-    assert oq.module_path(table).endswith("word_embeddings")
-    assert oq.scope_matches("encoder.encoder.layer.1.output.dense", ["layer.1"])
-    assert not oq.scope_matches("encoder.encoder.layer.11.output.dense", ["layer.1"])
+    table = og.word_embedding_gather(model)
+    assert og.module_path(table).endswith("word_embeddings")
+    assert og.scope_matches("encoder.encoder.layer.1.output.dense", ["layer.1"])
+    assert not og.scope_matches("encoder.encoder.layer.11.output.dense", ["layer.1"])
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_models_over_the_protobuf_limit_use_external_data(compile_context, monkeypatch, tmp_path, precision,
                                                           eval_batches):
     # the same code path a > 2 GB model takes, on the tiny model: lower the threshold
-    monkeypatch.setattr(oq, "EXTERNAL_DATA_BYTES", 1_000_000)
+    monkeypatch.setattr(og, "EXTERNAL_DATA_BYTES", 1_000_000)
     ctx = dataclasses.replace(compile_context, options={"auto_exclude": False} if precision == "int8-static" else {})
     out = tmp_path / "out"
     res = BACKEND.compile(TARGET["ort-cpu"], precision, ctx, out)
@@ -320,4 +317,4 @@ def test_models_over_the_protobuf_limit_use_external_data(compile_context, monke
     assert (out / "model.onnx").stat().st_size < 1_000_000 < (out / "model.onnx.data").stat().st_size
     batches, ref = eval_batches
     runner = BACKEND.load(out, {"model_file": res.model_file}, threads=1)
-    assert _cosines(ref, np.concatenate([runner.embed(b) for b in batches])).min() > MIN_COSINE[precision]
+    assert cosines(ref, embed(runner, batches)).min() > MIN_COSINE[precision]
