@@ -284,17 +284,23 @@ def _bench(spec: BuildSpec, stage: Path, outcomes: list[ArtifactOutcome]) -> dic
     figures land in manifest.json and the reports). Never cached: speed belongs to
     the machine and moment of the run. A benchmark failure is recorded, not fatal:
     the artifacts and their parity verdicts stand without it."""
-    kept = [stage / a.path for a in outcomes if a.path]
-    if not spec.bench.enabled or not kept:
+    if not spec.bench.enabled:
         return None
+    kept = [a for a in outcomes if a.path]
+    # Only CPU artifacts: a GPU/NPU artifact run on this CPU says nothing about its device's speed.
+    here = [stage / a.path for a in kept if a.meta.get("device") == "cpu"]
+    skipped = [{"name": a.name, "reason": f"{a.meta.get('device')} artifact: its speed needs that device"}
+               for a in kept if a.meta.get("device") != "cpu"]
+    if not here:
+        return {"rows": [], "skipped": skipped}
     from .bench import run_bench
 
     try:
-        return run_bench(kept, threads=spec.bench.threads, batch_size=spec.bench.batch_size,
-                         repeats=spec.bench.repeats)
+        return {**run_bench(here, threads=spec.bench.threads, batch_size=spec.bench.batch_size,
+                            repeats=spec.bench.repeats), "skipped": skipped}
     except EmbedcError as exc:
         log.error("benchmark failed: %s", exc)
-        return {"error": str(exc), "rows": []}
+        return {"error": str(exc), "rows": [], "skipped": skipped}
 
 
 def _gates_for(spec: BuildSpec, precision: str, parse_gates) -> list:

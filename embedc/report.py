@@ -53,6 +53,8 @@ def render_markdown(manifest: dict) -> str:
             lines.append(f"| {b['name']} | {b['latency_ms_p50']:.1f} / {b['latency_ms_p95']:.1f} | "
                          f"{b['throughput']:.1f} | {b['speedup']:.2f}x | {b['peak_rss_mb']:.0f} | "
                          f"{b['load_s']:.2f} | {b['size_mb']:.1f} |")
+    for sk in (bench or {}).get("skipped", []):
+        lines.append(f"\nNot benchmarked: {sk['name']} ({sk['reason']}).")
     failing = [a for a in manifest["artifacts"] if a["status"] != "pass"]
     if failing:
         lines += ["", "## Failures", ""]
