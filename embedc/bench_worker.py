@@ -97,7 +97,7 @@ def main() -> None:
         for b in batches:
             embed(b)
         rates.append(len(passages) / (time.perf_counter() - t))
-    from .exporter.memory import peak_rss_bytes
+    from .memory import peak_rss_bytes
 
     json.dump({"latency_ms_p50": statistics.median(lat), "latency_ms_p95": float(np.percentile(lat, 95)),
                "throughput": statistics.median(rates), "load_s": load_s,

@@ -32,7 +32,8 @@ _EXPORT_LIBS = ("torch", "transformers", "tokenizers", "onnx", "onnxscript", "on
 _BACKEND_LIBS = {"ort": ("onnx", "onnxruntime", "onnx-ir"), "openvino": ("openvino", "nncf"),
                  "tensorrt": ("onnx", "onnxruntime", "tensorrt")}
 # Source that shapes a stage's output; its digest is part of the stage's cache key.
-_EXPORT_CODE = ("exporter/*.py", "models/loading.py")
+_EXPORT_CODE = ("exporter/export.py", "exporter/wrapper.py", "exporter/validate.py", "exporter/probe_texts.py",
+                "models/loading.py")
 _ARTIFACT_CODE = ("targets/base.py", "parity/metrics.py", "parity/harness.py", "st_compat.py")
 _BACKEND_CODE = {"ort": ("targets/ort*.py",), "openvino": ("targets/openvino*.py",),
                  "tensorrt": ("targets/tensorrt.py", "targets/trt_*.py")}

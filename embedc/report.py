@@ -47,14 +47,15 @@ def render_markdown(manifest: dict) -> str:
         lines += ["", "## Benchmark", "", f"Benchmark failed: {bench['error']}"]
     elif bench:
         lines += ["", f"## Benchmark ({bench.get('machine', {}).get('cpu', '')}, {bench.get('threads')} threads)", "",
-                  "| model | batch-1 latency ms (p50 / p95) | batch-32 texts/s | vs torch | peak RSS MB | load s | size MB |",
+                  f"| model | batch-1 latency ms (p50 / p95) | batch-{bench.get('batch_size', 32)} texts/s | vs torch | peak RSS MB | load s | size MB |",
                   "|---|---|---|---|---|---|---|"]
         for b in bench["rows"]:
             lines.append(f"| {b['name']} | {b['latency_ms_p50']:.1f} / {b['latency_ms_p95']:.1f} | "
                          f"{b['throughput']:.1f} | {b['speedup']:.2f}x | {b['peak_rss_mb']:.0f} | "
                          f"{b['load_s']:.2f} | {b['size_mb']:.1f} |")
-    for sk in (bench or {}).get("skipped", []):
-        lines.append(f"\nNot benchmarked: {sk['name']} ({sk['reason']}).")
+    skipped = (bench or {}).get("skipped", [])
+    if skipped:
+        lines += ["", "Not benchmarked here: " + "; ".join(f"{sk['name']} ({sk['reason']})" for sk in skipped) + "."]
     failing = [a for a in manifest["artifacts"] if a["status"] != "pass"]
     if failing:
         lines += ["", "## Failures", ""]

@@ -195,7 +195,7 @@ class OrtBackend:
         from . import ort_graph as og  # noqa: PLC0415
 
         src = Path(ctx.reference_onnx)
-        _check_reference(ctx, og)
+        _check_reference(ctx)
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         dst = out_dir / MODEL_FILE
@@ -212,7 +212,7 @@ class OrtBackend:
                                "re-run with a fresh export; report it with the recipe options if it persists"
                                ) from exc
         seconds = time.perf_counter() - started
-        _check_artifact(dst, src, og)
+        _check_artifact(dst, src)
         size, ref_size = og.files_bytes(dst), og.files_bytes(src)
         recipe = {"backend": "ort", "target": target.name, "precision": precision,
                   "options": {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()},
@@ -323,7 +323,7 @@ def _feeds(ctx: CompileContext) -> tuple:
     return ctx.calibration
 
 
-def _check_reference(ctx: CompileContext, og) -> None:
+def _check_reference(ctx: CompileContext) -> None:
     """The reference must be the file the export validated: hash, protobuf, I/O names."""
     from ..artifact import verify_files  # noqa: PLC0415
 
@@ -350,7 +350,7 @@ def _check_reference(ctx: CompileContext, og) -> None:
                            f"{list(ctx.input_names)} and {OUTPUT!r}", "re-run 'embedc export'")
 
 
-def _check_artifact(dst: Path, src: Path, og) -> None:
+def _check_artifact(dst: Path, src: Path) -> None:
     import onnx  # noqa: PLC0415
 
     if not dst.is_file():

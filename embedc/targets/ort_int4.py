@@ -21,8 +21,6 @@ from .ort_graph import (initializer_map, load_model, module_paths, node_entries,
 from .ort_search import auto_exclude
 from .ort_session import feed_reader, import_quantization, quiet_ort_logs
 
-INT4_ALGORITHMS = ("default", "rtn", "gptq", "hqq")
-
 
 def _int4_config(mnq, options: dict, feeds, input_names):
     algo, bs, sym, acc = options["algorithm"], options["block_size"], options["is_symmetric"], options["accuracy_level"]

@@ -256,10 +256,12 @@ def quantize_int8_static(src: Path, dst: Path, *, feeds, input_names: Sequence[s
         if excluded and options["excluded_as"] == "int8-weight-only":
             save_model(weight_only_8bit(onnx.load(str(out)), excluded), out)
 
-    search = auto_exclude(build, lambda cand: local_sqnr(cand, model, names, stats),
-                          [n for n in names if n not in forced], forced, stats.embeddings, feeds, input_names,
-                          options, work, threads)
-    del model
+    def rank(cand: Path) -> dict[str, float]:
+        return local_sqnr(cand, model, names, stats)
+
+    search = auto_exclude(build, rank, [n for n in names if n not in forced], forced, stats.embeddings, feeds,
+                          input_names, options, work, threads)
+    del rank, model  # free the float graph before the final build
     excluded = forced + search["excluded"]
     build(excluded, dst)
     for p in [*model_files(prep), cache]:
