@@ -43,7 +43,11 @@ def test_build_writes_artifacts_manifest_and_reports(first_build):
     assert {"cpu_flags", "cores"} <= set(manifest["machine"])
     assert (out / "report.md").read_text().startswith("# embedc build: random-tiny-xlmr")
     assert "random weights" in (out / "report.md").read_text()
-    assert "<img" in (out / "report.html").read_text()
+    page = (out / "report.html").read_text()
+    assert page.count("<img") == 2 and "data:image/png;base64," in page  # self-contained plots
+    parity_table = page.split("<h2>Parity and size</h2>")[1].split("</table>")[0]
+    assert parity_table.count("<tr class='row-pass'>") == len(manifest["artifacts"])
+    assert all(a["name"] in parity_table for a in manifest["artifacts"])
     meta = read_meta(out / "ort-cpu" / "int8-dynamic")
     cal = meta["calibration"]
     assert cal["calibration"]["sha256"] != cal["evaluation"]["sha256"]
@@ -107,6 +111,9 @@ def test_build_bench_figures_go_into_manifest_and_reports(first_build, cache_dir
     assert art["size_mb"] < rows["torch-fp32"]["size_mb"]
     assert "## Benchmark" in (result.out / "report.md").read_text()
     assert "ort-cpu/int8-dynamic" in (result.out / "report.md").read_text().split("## Benchmark")[1]
+    page = (result.out / "report.html").read_text()
+    assert "<h2>Benchmark</h2>" in page
+    assert page.split("<h2>Benchmark</h2>")[1].count("<tr class=''>") == 2  # torch + the artifact
 
 
 def test_corrupted_cache_entry_is_rebuilt(first_build, cache_dir, tmp_path):
@@ -132,6 +139,7 @@ def test_failing_gate_writes_reports_and_exact_junit(first_build, cache_dir, tmp
     assert (result.out / "ort-cpu" / "fp32" / "model.onnx").is_file()
     assert json.loads((result.out / "manifest.json").read_text())["verdict"] == "fail"
     assert "min>=1.0" in (result.out / "report.md").read_text()
+    assert "<tr class='row-fail'><td>ort-cpu/int8-dynamic</td>" in (result.out / "report.html").read_text()
     write_junit(result, tmp_path / "junit.xml")
     suite = ET.parse(tmp_path / "junit.xml").getroot()
     failed = [(c.get("classname"), c.get("name")) for c in suite if c.find("failure") is not None]
