@@ -80,7 +80,9 @@ def main() -> None:
     from embedc.bench import render_bench, run_bench
 
     manifest = json.loads((args.build / "manifest.json").read_text())
-    arts = [args.build / a["path"] for a in manifest["artifacts"] if a["status"] == "pass"]
+    # CPU artifacts only: a TensorRT-ready graph run by ONNX Runtime on this CPU says nothing about its GPU speed.
+    arts = [args.build / a["path"] for a in manifest["artifacts"]
+            if a["status"] == "pass" and read_meta(args.build / a["path"]).get("device") == "cpu"]
     model_dir = Path(manifest["model"]["path"])
     with tempfile.TemporaryDirectory() as tmp:
         st_dir, st_s = st_export(model_dir, Path(tmp), args.st_config)
