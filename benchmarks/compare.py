@@ -35,9 +35,10 @@ def st_export(model_dir: Path, work: Path, config: str) -> tuple[Path, float]:
 
 def st_quantized_file(st_dir: Path, config: str) -> Path:
     """Where sentence-transformers put its quantized model (top level or onnx/, by version)."""
-    found = sorted(st_dir.rglob(f"model_qint8_{config}.onnx"))
+    # The suffix carries the weight type: model_quint8_avx2.onnx, model_qint8_arm64.onnx, ...
+    found = sorted(st_dir.rglob(f"model_q*int8_{config}.onnx"))
     if not found:
-        raise FileNotFoundError(f"sentence-transformers wrote no model_qint8_{config}.onnx under {st_dir}")
+        raise FileNotFoundError(f"sentence-transformers wrote no model_q*int8_{config}.onnx under {st_dir}")
     return found[0]
 
 

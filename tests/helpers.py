@@ -14,3 +14,24 @@ def embed(runner, batches) -> np.ndarray:
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Per-row cosine similarity of two (texts, dim) embedding arrays."""
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def assert_load_reproduces_parity(folder, cache_dir) -> None:
+    """embedc.load(folder).encode(raw texts, kind=...) applies the prompt itself and gives
+    the embeddings the build judged: per-text cosines with the torch reference agree with
+    the recorded parity run to 1e-6."""
+    import embedc
+    from embedc.artifact import read_meta
+    from embedc.parity.recheck import _reference_for_artifact
+
+    meta = read_meta(folder)
+    samples, _, reference = _reference_for_artifact(folder, meta, cache_dir)
+    enc = embedc.load(folder)
+    got = np.zeros_like(reference)
+    for kind in ("query", "passage"):
+        idx = [i for i, s in enumerate(samples) if s.kind == kind]
+        got[idx] = enc.encode([samples[i].text for i in idx], kind=kind)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    recorded = np.array([meta["parity"]["per_text"][s.id] for s in samples])
+    np.testing.assert_allclose(cosines(got, reference), recorded, atol=1e-6)

@@ -164,24 +164,7 @@ def test_interrupted_build_keeps_previous_build(first_build, cache_dir, tmp_path
 
 
 def test_runtime_load_reproduces_recorded_parity(first_build, cache_dir):
-    """embedc.load(...).encode(raw texts, kind=...) applies the prompt itself and
-    gives the embeddings the build judged: per-text cosines agree to 1e-6."""
-    import numpy as np
-
-    import embedc
-    from embedc.parity.recheck import _reference_for_artifact
+    from helpers import assert_load_reproduces_parity
 
     for a in first_build.artifacts:
-        folder = first_build.out / a.path
-        meta = read_meta(folder)
-        samples, _, reference = _reference_for_artifact(folder, meta, cache_dir)
-        enc = embedc.load(folder)
-        got = np.zeros_like(reference)
-        for kind in ("query", "passage"):
-            idx = [i for i, s in enumerate(samples) if s.kind == kind]
-            got[idx] = enc.encode([samples[i].text for i in idx], kind=kind)
-        assert got.dtype == np.float32
-        np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
-        cos = (got * reference).sum(1) / np.linalg.norm(reference, axis=1)
-        recorded = np.array([meta["parity"]["per_text"][s.id] for s in samples])
-        np.testing.assert_allclose(cos, recorded, atol=1e-6)
+        assert_load_reproduces_parity(first_build.out / a.path, cache_dir)
