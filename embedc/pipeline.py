@@ -198,7 +198,7 @@ def build(spec: BuildSpec, *, force: bool = False, cache_dir: Path | None = None
     ids = [s.id for s in eval_samples]
     langs = [s.lang for s in eval_samples]
     kinds = [s.kind for s in eval_samples]
-    per_model = spec.model_gates.get(b.source.name) or spec.model_gates.get(spec.model.name)
+    per_model = _per_model_gates(spec, (b.source.name, spec.model.name))
 
     outcomes: list[ArtifactOutcome] = []
     with staged_dir(out, force=force) as stage:
@@ -302,6 +302,24 @@ def _bench(spec: BuildSpec, stage: Path, outcomes: list[ArtifactOutcome]) -> dic
     except EmbedcError as exc:
         log.error("benchmark failed: %s", exc)
         return {"error": str(exc), "rows": [], "skipped": skipped}
+
+
+def _per_model_gates(spec: BuildSpec, names) -> dict | None:
+    """The spec's gates for this model as resolve_gates takes them: precision or
+    family -> {metric: threshold}; a "*" entry applies to every precision."""
+    from .parity import parse_gates
+
+    table = next((spec.model_gates[n] for n in names if n in spec.model_gates), None)
+    if not table:
+        return None
+    out: dict = {}
+    for key, text in table.items():
+        thresholds = {g.metric: g.threshold for g in parse_gates(text)}
+        if key == "*":
+            out.update(thresholds)
+        else:
+            out[key] = thresholds
+    return out
 
 
 def _gates_for(spec: BuildSpec, precision: str, parse_gates) -> list:

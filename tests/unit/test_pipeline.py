@@ -147,6 +147,18 @@ def test_failing_gate_writes_reports_and_exact_junit(first_build, cache_dir, tmp
     assert int(suite.get("failures")) == 1 and int(suite.get("tests")) == len(list(suite))
 
 
+def test_per_model_gates_apply_to_their_model_only(first_build, cache_dir, tmp_path):
+    strict = {"int8": "min>=1.0"}
+    mine = build(_spec(tmp_path / "m1", model_gates={"random-tiny-xlmr": strict}), cache_dir=cache_dir)
+    assert [a.name for a in mine.failed_gates] == ["ort-cpu/int8-dynamic"]
+    failed = [o for o in mine.failed_gates[0].gates if o.failed]
+    assert [(o.gate.metric, o.gate.threshold) for o in failed] == [("min", 1.0)]
+    other = build(_spec(tmp_path / "m2", model_gates={"all-minilm-l6-v2": strict}), cache_dir=cache_dir)
+    assert not other.failed_gates
+    every = build(_spec(tmp_path / "m3", model_gates={"random-tiny-xlmr": {"*": "min>=1.0"}}), cache_dir=cache_dir)
+    assert [a.name for a in every.failed_gates] == ["ort-cpu/int8-dynamic"]  # fp32 min rounds to 1.0
+
+
 def test_interrupted_build_keeps_previous_build(first_build, cache_dir, tmp_path, monkeypatch):
     out = tmp_path / "f"
     build(_spec(out), cache_dir=cache_dir)
