@@ -52,8 +52,10 @@ def _heatmap(arts: list[dict]) -> str:
     im = ax.imshow(loss, aspect="auto", cmap="magma_r", norm=LogNorm(vmin=1e-6, vmax=max(1e-2, np.nanmax(loss))))
     ax.set_xticks(range(len(langs)), langs, rotation=90, fontsize=8)
     ax.set_yticks(range(len(arts)), [a["name"] for a in arts], fontsize=8)
-    for i, a in enumerate(arts):  # mark each artifact's worst language
+    for i, a in enumerate(arts):  # mark each artifact's worst language (none when all are at the floor)
         j = int(np.nanargmax(loss[i]))
+        if loss[i, j] <= 1e-6:
+            continue
         ax.text(j, i, "×", ha="center", va="center", color="white" if loss[i, j] > 1e-3 else "black", fontsize=9)
     fig.colorbar(im, ax=ax, label="1 − mean cosine vs torch FP32 (log; darker = worse)")
     ax.set_title("Per-language parity: where does quality drop? (× = worst language)")
