@@ -62,7 +62,7 @@ def _heatmap(arts: list[dict]) -> str:
     return _png(fig)
 
 
-def _tradeoffs(arts: list[dict], bench: dict) -> str:
+def _tradeoffs(arts: list[dict], bench: dict, batch_size: int) -> str:
     import matplotlib.pyplot as plt
 
     panels = 2 if bench else 1
@@ -81,7 +81,7 @@ def _tradeoffs(arts: list[dict], bench: dict) -> str:
         axes[0][1].axvline(bench["torch-fp32"]["throughput"], color="grey", linestyle="--", linewidth=1)
         axes[0][1].annotate("torch FP32", (bench["torch-fp32"]["throughput"], 0.02), xycoords=("data", "axes fraction"),
                             rotation=90, fontsize=8, color="grey", xytext=(3, 0), textcoords="offset points")
-    labels = [("size on disk (MB)", "Size vs parity")] + ([(f"batch-{bench_bs(bench)} throughput (texts/s)",
+    labels = [("size on disk (MB)", "Size vs parity")] + ([(f"batch-{batch_size} throughput (texts/s)",
                                                            "Speed vs parity")] if bench else [])
     for ax, (xlabel, title) in zip(axes[0], labels):
         ax.set_yscale("log")
@@ -97,10 +97,6 @@ def _tradeoffs(arts: list[dict], bench: dict) -> str:
     return _png(fig)
 
 
-def bench_bs(bench: dict) -> int:
-    return next(iter(bench.values())).get("batch_size", 32) if bench else 32
-
-
 def _plots(manifest: dict) -> list[tuple[str, str]]:
     import matplotlib
 
@@ -110,10 +106,11 @@ def _plots(manifest: dict) -> list[tuple[str, str]]:
     arts = [a for a in manifest["artifacts"] if (a.get("parity") or {}).get("languages")]
     if not arts:
         return []
-    bench = {b["name"]: {**b, "batch_size": (manifest.get("bench") or {}).get("batch_size", 32)}
-             for b in (manifest.get("bench") or {}).get("rows", [])}
+    figures = manifest.get("bench") or {}
+    bench = {b["name"]: b for b in figures.get("rows", [])}
     try:
-        return [("Per-language parity", _heatmap(arts)), ("Size, speed and parity", _tradeoffs(arts, bench))]
+        return [("Per-language parity", _heatmap(arts)),
+                ("Size, speed and parity", _tradeoffs(arts, bench, figures.get("batch_size", 32)))]
     finally:
         plt.close("all")
 
