@@ -9,18 +9,29 @@ _INTERESTING_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni"
                       "avx512_bf16", "f16c", "neon", "asimd", "asimddp")
 
 
+def _cpuinfo() -> dict[str, str]:
+    """First value of each /proc/cpuinfo key (lower-cased); empty where there is none."""
+    out: dict[str, str] = {}
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return out
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        out.setdefault(key.strip().lower(), value.strip())
+    return out
+
+
+def cpu_flags() -> set[str] | None:
+    """The CPU's instruction-set flags (x86 "flags", arm "Features"); None when unknown."""
+    info = _cpuinfo()
+    line = info.get("flags", info.get("features"))
+    return set(line.split()) if line is not None else None
+
+
 def machine_facts() -> dict:
-    flags: set[str] = set()
-    model = platform.processor() or ""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text(errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            key = key.strip().lower()
-            if key in ("flags", "features") and not flags:
-                flags = set(value.split())
-            elif key == "model name" and not model:
-                model = value.strip()
+    flags = cpu_flags() or set()
+    model = platform.processor() or _cpuinfo().get("model name", "")
     return {
         "cpu": model,
         "arch": platform.machine(),

@@ -6,8 +6,8 @@ from pathlib import Path
 
 
 def summary_rows(manifest: dict) -> list[dict]:
+    """One row per artifact: status, parity summary and size (both reports' main table)."""
     rows = []
-    bench = {b["name"]: b for b in (manifest.get("bench") or {}).get("rows", [])}
     for a in manifest["artifacts"]:
         p = a.get("parity") or {}
         langs = p.get("languages") or {}
@@ -16,7 +16,7 @@ def summary_rows(manifest: dict) -> list[dict]:
         rows.append({"name": a["name"], "status": a["status"], "mean": p.get("mean"), "p01": p.get("p01"),
                      "min": p.get("min"), "worst_lang": worst[0], "worst_lang_mean": worst[1]["mean"],
                      "top10": r.get("topk_overlap"), "top1": r.get("top1_agreement"),
-                     "mb": (a.get("bytes") or 0) / 1e6, "bench": bench.get(a["name"]), "error": a.get("error")})
+                     "mb": (a.get("bytes") or 0) / 1e6, "error": a.get("error")})
     return rows
 
 

@@ -6,6 +6,23 @@ from __future__ import annotations
 import numpy as np
 
 
+def compile_once(backend, targets: dict, compile_context, tmp_path_factory, built: dict):
+    """A ``build(target, precision, **options)`` that compiles each combination once per
+    session with ``backend`` and returns (out_dir, CompileResult)."""
+    import dataclasses
+    import json
+
+    def _build(target: str, precision: str, **options):
+        key = (target, precision, json.dumps(options, sort_keys=True))
+        if key not in built:
+            out = tmp_path_factory.mktemp(f"{target}-{precision}")
+            ctx = dataclasses.replace(compile_context, options=options)
+            built[key] = (out, backend.compile(targets[target], precision, ctx, out))
+        return built[key]
+
+    return _build
+
+
 def embed(runner, batches) -> np.ndarray:
     """A runner's ``sentence_embedding`` over tokenized batches, stacked."""
     return np.concatenate([runner.embed(b) for b in batches])

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ArtifactError, CompileError, MissingDependencyError, TargetError
+from ..machine import cpu_flags
 from . import openvino_shapes as shapes
 from .base import CompileContext, CompileResult, Target
 
@@ -212,18 +213,9 @@ def _ignored_scope(nncf, model, ctx: CompileContext, patterns) -> tuple[object |
 
 
 # ---- CPU capability -> overflow fix ----------------------------------------
-def _cpuinfo_flags() -> set[str] | None:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return None
-    m = re.search(r"^flags\s*:\s*(.*)$", text, re.M)
-    return set(m.group(1).split()) if m else None
-
-
 def cpu_has_vnni(ov) -> tuple[bool, str]:
     """Whether this CPU has int8 dot-product instructions (VNNI/AMX), and the evidence."""
-    flags = _cpuinfo_flags()
+    flags = cpu_flags()
     if flags is not None:
         hits = sorted(flags & _VNNI_FLAGS)
         return bool(hits), "cpuinfo flags: " + (", ".join(hits) if hits else "no avx512_vnni/avx_vnni/amx_int8")

@@ -373,20 +373,11 @@ def _runtime(precision: str, target: Target) -> dict:
                      else "ORT_ENABLE_ALL at load time is fine: it is applied on the user's own CPU")}
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith(("flags", "Features")):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 def _unverified(target: Target, precision: str) -> tuple[str, ...]:
     machine = platform.machine().lower()
-    flags = _cpu_flags()
+    from ..machine import cpu_flags  # noqa: PLC0415
+
+    flags = cpu_flags() or set()
     out = []
     int8 = precision.startswith("int8") or precision == "int4"
     if target.name == "ort-cpu-avx512-vnni" and int8 and not flags & {"avx512_vnni", "avx_vnni"}:

@@ -4,7 +4,6 @@ hold what each precision promises; NPU buckets are static and padding-invariant.
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 
 import numpy as np
@@ -16,7 +15,7 @@ pytest.importorskip("nncf")
 from embedc.errors import MissingDependencyError, TargetError  # noqa: E402
 from embedc.targets import openvino_shapes as shapes  # noqa: E402
 from embedc.targets.openvino import BACKEND, TARGETS, WEIGHTS  # noqa: E402
-from helpers import cosines, embed  # noqa: E402
+from helpers import compile_once, cosines, embed  # noqa: E402
 
 TARGET = {t.name: t for t in TARGETS}
 # minimum per-text cosine vs the FP32 reference, per precision (tiny random model)
@@ -27,16 +26,7 @@ _BUILT: dict = {}
 @pytest.fixture()
 def build(compile_context, tmp_path_factory):
     """Compile (target, precision, options) once per session; returns (out_dir, CompileResult)."""
-
-    def _build(target: str, precision: str, **options):
-        key = (target, precision, json.dumps(options, sort_keys=True))
-        if key not in _BUILT:
-            out = tmp_path_factory.mktemp(f"{target}-{precision}")
-            ctx = dataclasses.replace(compile_context, options=options)
-            _BUILT[key] = (out, BACKEND.compile(TARGET[target], precision, ctx, out))
-        return _BUILT[key]
-
-    return _build
+    return compile_once(BACKEND, TARGET, compile_context, tmp_path_factory, _BUILT)
 
 
 def _load(out, res, threads=1):
@@ -237,7 +227,7 @@ def test_overflow_fix_follows_cpu_int8_instructions(monkeypatch, flags, expected
 
     from embedc.targets import openvino as backend
 
-    monkeypatch.setattr(backend, "_cpuinfo_flags", lambda: set(flags))  # the host probe, not the choice
+    monkeypatch.setattr(backend, "cpu_flags", lambda: set(flags))  # the host probe, not the choice
     fix, reason = backend._overflow_fix(nncf, ov, "CPU", None)
     assert fix.value == expected and "cpuinfo" in reason
     assert backend._overflow_fix(nncf, ov, "GPU", None)[0] == nncf.OverflowFix.DISABLE

@@ -5,7 +5,6 @@ or INT4 embedding table, MatMulNBits); presets and option errors are exact."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 
 import numpy as np
@@ -17,7 +16,7 @@ ort = pytest.importorskip("onnxruntime")
 from embedc.errors import ArtifactError, CompileError, TargetError  # noqa: E402
 from embedc.targets import ort_graph as og  # noqa: E402
 from embedc.targets.ort import BACKEND, PRECISIONS, TARGETS, resolve_options  # noqa: E402
-from helpers import cosines, embed  # noqa: E402
+from helpers import compile_once, cosines, embed  # noqa: E402
 
 TARGET = {t.name: t for t in TARGETS}
 # minimum per-text cosine vs the reference ONNX on the tiny random model (measured:
@@ -31,16 +30,7 @@ _BUILT: dict = {}
 @pytest.fixture()
 def build(compile_context, tmp_path_factory):
     """Compile (target, precision, options) once per session; returns (out_dir, CompileResult)."""
-
-    def _build(target: str, precision: str, **options):
-        key = (target, precision, json.dumps(options, sort_keys=True))
-        if key not in _BUILT:
-            out = tmp_path_factory.mktemp(f"{target}-{precision}")
-            ctx = dataclasses.replace(compile_context, options=options)
-            _BUILT[key] = (out, BACKEND.compile(TARGET[target], precision, ctx, out))
-        return _BUILT[key]
-
-    return _build
+    return compile_once(BACKEND, TARGET, compile_context, tmp_path_factory, _BUILT)
 
 
 @pytest.fixture(scope="module")
