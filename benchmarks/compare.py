@@ -78,7 +78,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from embedc.artifact import read_meta
-    from embedc.bench import render_bench, run_bench
+    from embedc.bench.run import render_bench, run_bench
 
     manifest = json.loads((args.build / "manifest.json").read_text())
     # CPU artifacts only: a TensorRT-ready graph run by ONNX Runtime on this CPU says nothing about its GPU speed.

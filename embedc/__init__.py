@@ -14,7 +14,7 @@ def __getattr__(name: str):
 
         return getattr(runtime, name)
     if name == "build":
-        from .pipeline import build
+        from .build.pipeline import build
 
         return build
     if name in ("BuildSpec", "load_spec_file"):

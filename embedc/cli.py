@@ -218,19 +218,19 @@ def build(spec_file, model, trust_remote_code, allow_pickle, target, precision, 
             spec.model, trust_remote_code=trust_remote_code or spec.model.trust_remote_code,
             allow_pickle=allow_pickle or spec.model.allow_pickle))
     if dry_run:
-        from .plan import plan_build
+        from .build.plan import plan_build
 
         click.echo(json.dumps(plan_build(spec), indent=2))
         return
-    from .pipeline import build as run_build
+    from .build.pipeline import build as run_build
 
     result = run_build(spec, force=force)
     if (result.manifest.get("bench") or {}).get("rows"):
-        from .bench import render_bench
+        from .bench.run import render_bench
 
         click.echo(render_bench(result.manifest["bench"]))
     if junit:
-        from .junit import write_junit
+        from .reports.junit import write_junit
 
         write_junit(result, junit)
     _print_build(result, as_json)
@@ -320,7 +320,7 @@ def bench(artifacts, model, threads, batch_size, repeats, as_json) -> None:
     """Benchmark artifacts side by side with the torch FP32 baseline (latency, throughput, memory, size)."""
     from pathlib import Path
 
-    from .bench import render_bench, run_bench
+    from .bench.run import render_bench, run_bench
 
     result = run_bench([Path(a) for a in artifacts], model=model, threads=threads, batch_size=batch_size,
                        repeats=repeats)
@@ -333,7 +333,7 @@ def bench(artifacts, model, threads, batch_size, repeats, as_json) -> None:
 @click.option("--kind", type=click.Choice(["query", "passage"]), default="query", show_default=True)
 def embed(artifact, texts, kind) -> None:
     """Embed TEXTS with an artifact; prints one JSON array per text."""
-    from .runtime import load
+    from .runtime.encoder import load
 
     enc = load(artifact)
     for vec in enc.encode(list(texts), kind=kind):
@@ -345,7 +345,7 @@ def _slug(name: str) -> str:
 
 
 def _register_backend_commands() -> None:
-    from .targets.trt_cli import check_trt, engine as engine_cmd
+    from .targets.tensorrt.cli import check_trt, engine as engine_cmd
 
     cli.add_command(check_trt)
     cli.add_command(engine_cmd)

@@ -17,7 +17,7 @@ from ..fsutil import check_output_location, staged_dir
 from ..models import check_architecture, load_tokenizer, load_torch_model
 from ..models.source import ModelSource
 from ..versions import library_versions
-from ..memory import peak_rss_bytes
+from ..bench.memory import peak_rss_bytes
 from .validate import ValidationGate, validate_onnx
 from .wrapper import SentenceEmbedder
 

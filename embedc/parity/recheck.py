@@ -13,9 +13,9 @@ from .metrics import compute_parity
 
 def _build_for(meta: dict, cache_dir: Path | None):
     from ..models.cache import cache_root
-    from ..pipeline import _Build
+    from ..build.pipeline import _Build
     from ..spec import BuildSpec, CalibrationSpec, ModelSpec
-    from ..stage_cache import StageCache
+    from ..build.cache import StageCache
 
     model = meta["model"]
     name = model["path"] if Path(model["path"]).is_dir() else model["name"]
@@ -47,7 +47,7 @@ def _reference_for_artifact(artifact_dir: Path, meta: dict, cache_dir: Path | No
 def recheck_artifact(artifact_dir: Path, *, overrides=None, per_model=None, cache_dir: Path | None = None,
                      threads: int | None = None):
     """Recompute the artifact's parity on its recorded evaluation split. Returns (meta, result, outcomes)."""
-    from ..runtime import Encoder
+    from ..runtime.encoder import Encoder
     from .harness import embed_texts
 
     artifact_dir = Path(artifact_dir)

@@ -7,9 +7,9 @@ import sys
 
 import numpy as np
 
-from embedc.memory import peak_rss_bytes
+from embedc.bench.memory import peak_rss_bytes
 
-_CHILD = "from embedc.memory import peak_rss_bytes; print(peak_rss_bytes())"
+_CHILD = "from embedc.bench.memory import peak_rss_bytes; print(peak_rss_bytes())"
 
 
 def test_child_peak_rss_is_not_inherited_from_a_large_parent():

@@ -8,7 +8,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from embedc.artifact import read_meta, sha256_file
-from embedc.pipeline import build
+from embedc.build.pipeline import build
 from embedc.spec import BenchSpec, BuildSpec, CalibrationSpec, MatrixEntry, ModelSpec
 
 SMALL = CalibrationSpec(calib_per_lang=2, eval_per_lang=4, max_length=64)
@@ -71,12 +71,12 @@ def test_changing_one_target_recompiles_only_that_one(first_build, cache_dir, tm
 
 def test_editing_a_backends_source_recompiles_only_its_artifacts(first_build, cache_dir, tmp_path, monkeypatch):
     """A recipe fix must miss the cache: the key holds a digest of the backend's source."""
-    from embedc import pipeline, stage_cache
+    from embedc.build import cache as stage_cache, pipeline
 
     real = stage_cache.code_digest
 
     def edited(*patterns):
-        return real(*patterns) + ("-edited" if "targets/ort*.py" in patterns else "")
+        return real(*patterns) + ("-edited" if "targets/ort/*.py" in patterns else "")
 
     import shutil
 
@@ -90,10 +90,10 @@ def test_editing_a_backends_source_recompiles_only_its_artifacts(first_build, ca
 
 
 def test_code_digest_follows_the_source_files():
-    from embedc.stage_cache import code_digest
+    from embedc.build.cache import code_digest
 
-    assert code_digest("targets/ort*.py") == code_digest("targets/ort*.py")
-    assert code_digest("targets/ort*.py") != code_digest("targets/openvino*.py")
+    assert code_digest("targets/ort/*.py") == code_digest("targets/ort/*.py")
+    assert code_digest("targets/ort/*.py") != code_digest("targets/openvino/*.py")
     with pytest.raises(ValueError, match="no embedc source"):
         code_digest("targets/no_such_backend*.py")
 
@@ -130,7 +130,7 @@ def test_corrupted_cache_entry_is_rebuilt(first_build, cache_dir, tmp_path):
 
 
 def test_failing_gate_writes_reports_and_exact_junit(first_build, cache_dir, tmp_path):
-    from embedc.junit import write_junit
+    from embedc.reports.junit import write_junit
 
     spec = _spec(tmp_path / "e", gates={"int8-dynamic": "min>=1.0"})
     result = build(spec, cache_dir=cache_dir)
@@ -163,7 +163,7 @@ def test_interrupted_build_keeps_previous_build(first_build, cache_dir, tmp_path
     out = tmp_path / "f"
     build(_spec(out), cache_dir=cache_dir)
     before = (out / "manifest.json").read_text()
-    from embedc import pipeline
+    from embedc.build import pipeline
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt

@@ -11,7 +11,7 @@ import pytest
 
 import embedc
 from embedc.artifact import read_meta
-from embedc.st_compat import st_load_call, write_st_files
+from embedc.runtime.st_compat import st_load_call, write_st_files
 
 pytest.importorskip("sentence_transformers")
 
@@ -32,7 +32,7 @@ def st_cache(tmp_path_factory):
 @pytest.fixture(scope="module")
 def st_build(tmp_path_factory, st_cache):
     """A real build of ORT and OpenVINO artifacts (the pipeline writes the ST files)."""
-    from embedc.pipeline import build
+    from embedc.build.pipeline import build
     from embedc.spec import BuildSpec, CalibrationSpec, MatrixEntry, ModelSpec
 
     pytest.importorskip("openvino")
@@ -151,7 +151,7 @@ def test_backends_sentence_transformers_cannot_run(tmp_path):
 
 
 def test_instruct_prompts_are_the_prefixes_embedc_applies():
-    from embedc.st_compat import _prompts
+    from embedc.runtime.st_compat import _prompts
 
     meta = {"prefixes": {"query": "", "passage": ""},
             "prompt_style": {"query_prefix": "", "passage_prefix": "", "instruct_task": "Find the answer"}}

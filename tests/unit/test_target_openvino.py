@@ -13,8 +13,8 @@ pytest.importorskip("openvino")
 pytest.importorskip("nncf")
 
 from embedc.errors import MissingDependencyError, TargetError  # noqa: E402
-from embedc.targets import openvino_shapes as shapes  # noqa: E402
-from embedc.targets.openvino import BACKEND, TARGETS, WEIGHTS  # noqa: E402
+from embedc.targets.openvino import shapes  # noqa: E402
+from embedc.targets.openvino.backend import BACKEND, TARGETS, WEIGHTS  # noqa: E402
 from helpers import compile_once, cosines, embed  # noqa: E402
 
 TARGET = {t.name: t for t in TARGETS}
@@ -112,7 +112,7 @@ def test_int8_static_ignored_scope_keeps_matched_layers_unquantized(build, compi
     out, res = build("openvino-cpu", "int8-static", ignored_scopes=[r"layer\.1\.output\.dense"])
     rec = res.recipe["ignored_scope"]
     assert rec["nodes"] == 1 and rec["modules"][0].endswith("layer.1.output.dense")
-    from embedc.targets.openvino import module_paths
+    from embedc.targets.openvino.backend import module_paths
 
     paths = module_paths(compile_context.reference_onnx)
     fed_by_fq = {paths[op.get_friendly_name()]: op.input_value(0).get_node().get_type_name() == "FakeQuantize"
@@ -225,7 +225,7 @@ def test_overflow_fix_follows_cpu_int8_instructions(monkeypatch, flags, expected
     import nncf
     import openvino as ov
 
-    from embedc.targets import openvino as backend
+    from embedc.targets.openvino import backend
 
     monkeypatch.setattr(backend, "cpu_flags", lambda: set(flags))  # the host probe, not the choice
     fix, reason = backend._overflow_fix(nncf, ov, "CPU", None)

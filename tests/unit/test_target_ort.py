@@ -14,8 +14,8 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 from embedc.errors import ArtifactError, CompileError, TargetError  # noqa: E402
-from embedc.targets import ort_graph as og  # noqa: E402
-from embedc.targets.ort import BACKEND, PRECISIONS, TARGETS, resolve_options  # noqa: E402
+from embedc.targets.ort import graph as og  # noqa: E402
+from embedc.targets.ort.backend import BACKEND, PRECISIONS, TARGETS, resolve_options  # noqa: E402
 from helpers import compile_once, cosines, embed  # noqa: E402
 
 TARGET = {t.name: t for t in TARGETS}

@@ -22,12 +22,12 @@ from onnx import TensorProto, numpy_helper
 from embedc.errors import ArtifactError, MissingDependencyError, UsageError
 from embedc.fsutil import read_json
 from embedc.targets.registry import get_backend, get_target
-from embedc.targets.tensorrt import TARGETS, UNVERIFIED_ENGINE
-from embedc.targets.trt_check import check_trt_onnx
-from embedc.targets.trt_cli import check_trt, engine
-from embedc.targets.trt_engine import build_engine
-from embedc.targets.trt_graph import node_scope
-from embedc.targets.trt_profiles import derive_profile
+from embedc.targets.tensorrt.backend import TARGETS, UNVERIFIED_ENGINE
+from embedc.targets.tensorrt.check import check_trt_onnx
+from embedc.targets.tensorrt.cli import check_trt, engine
+from embedc.targets.tensorrt.engine import build_engine
+from embedc.targets.tensorrt.graph import node_scope
+from embedc.targets.tensorrt.profiles import derive_profile
 
 TARGET = "tensorrt-sm90"
 WEIGHT_SCALE = 10.0
@@ -39,7 +39,7 @@ MIN_COSINE = {"fp16": 0.9999, "int8": 0.9995, "int4": 0.997}
 @pytest.fixture(scope="module")
 def scaled_reference(tiny_reference, tmp_path_factory):
     """The tiny export with every Linear weight x10 (see the module docstring)."""
-    from embedc.targets.trt_graph import const_matmuls
+    from embedc.targets.tensorrt.graph import const_matmuls
 
     out = tmp_path_factory.mktemp("scaled") / "export"
     shutil.copytree(tiny_reference, out)

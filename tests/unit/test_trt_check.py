@@ -9,8 +9,8 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
 from embedc.errors import CompileError, TargetError
-from embedc.targets.trt_check import RULES, assert_trt_ready, check_trt_onnx
-from embedc.targets.trt_cli import check_trt, check_trt_command, engine
+from embedc.targets.tensorrt.check import RULES, assert_trt_ready, check_trt_onnx
+from embedc.targets.tensorrt.cli import check_trt, check_trt_command, engine
 
 K, N, V = 32, 16, 50
 

@@ -1,0 +1,1 @@
+"""Build stages: export, calibrate, compile, judge, report; the stage cache and the manifest."""

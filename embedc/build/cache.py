@@ -1,0 +1,95 @@
+"""Content-addressed stage cache (export, reference embeddings, artifacts).
+
+Keys hash the stage's inputs, its config, the library versions that shape its
+output (Olive omits the versions; a library upgrade must miss the cache) and
+the source of the embedc modules that produce it (a recipe fix must miss too).
+An entry is a folder holding ``entry.json`` with a sha256 per file; a missing
+or altered file makes the entry corrupt, which is reported, removed and rebuilt.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from pathlib import Path
+
+from ..artifact import file_inventory, sha256_file
+from ..fsutil import read_json, staged_dir, write_json_atomic
+
+log = logging.getLogger("embedc")
+ENTRY_JSON = "entry.json"
+
+
+def content_key(stage: str, payload: dict) -> str:
+    blob = json.dumps({"stage": stage, **payload}, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:32]
+
+
+class StageCache:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def path(self, stage: str, key: str) -> Path:
+        return self.root / stage / key
+
+    def lookup(self, stage: str, key: str) -> Path | None:
+        """The entry folder if present and intact; a corrupt entry is removed."""
+        folder = self.path(stage, key)
+        meta = folder / ENTRY_JSON
+        if not meta.is_file():
+            return None
+        try:
+            files = read_json(meta)["files"]
+            for f in files:
+                p = folder / f["path"]
+                if not p.is_file() or p.stat().st_size != f["bytes"] or sha256_file(p) != f["sha256"]:
+                    raise ValueError(f["path"])
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("cache entry %s/%s is corrupt (%s); rebuilding", stage, key, exc)
+            shutil.rmtree(folder, ignore_errors=True)
+            return None
+        return folder
+
+    def store(self, stage: str, key: str, info: dict, fill) -> Path:
+        """Create an entry atomically: ``fill(tmp_folder)`` writes the files."""
+        folder = self.path(stage, key)
+        with staged_dir(folder, force=True) as tmp:
+            fill(tmp)
+            write_json_atomic(tmp / ENTRY_JSON, {"stage": stage, "key": key, **info,
+                                                 "files": file_inventory(tmp, exclude=(ENTRY_JSON,))})
+        return folder
+
+
+_PACKAGE = Path(__file__).resolve().parent.parent  # embedc/
+
+
+def code_digest(*patterns: str) -> str:
+    """Hash of the embedc source files matching ``patterns`` (globs relative to the
+    package), so editing a backend's recipe invalidates only that backend's entries."""
+    h = hashlib.sha256()
+    files = sorted({p for pat in patterns for p in _PACKAGE.glob(pat) if p.is_file()})
+    if not files:
+        raise ValueError(f"no embedc source matches {patterns}")
+    for p in files:
+        h.update(p.relative_to(_PACKAGE).as_posix().encode())
+        h.update(hashlib.sha256(p.read_bytes()).digest())
+    return h.hexdigest()[:16]
+
+
+def hash_model_folder(path: Path) -> str:
+    """Content hash of a model folder (config, tokenizer, weights)."""
+    h = hashlib.sha256()
+    for p in sorted(Path(path).rglob("*")):
+        if p.is_file() and not p.name.startswith("."):
+            h.update(p.relative_to(path).as_posix().encode())
+            h.update(sha256_file(p).encode())
+    return h.hexdigest()
+
+
+def copy_tree(src: Path, dst: Path) -> None:
+    """Materialize a cached folder in the build output.
+
+    Copies, never hard links: a linked file is the cache's own inode, so editing
+    or corrupting one copy would silently change the other."""
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(ENTRY_JSON))

@@ -1,0 +1,64 @@
+"""manifest.json: one per build. The resolved spec, versions, machine, every
+artifact with sha256 and size, its parity numbers and verdict, benchmark
+figures, and what was not verified. Written atomically."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..fsutil import write_json_atomic
+from ..machine import machine_facts
+from ..versions import library_versions
+
+MANIFEST = "manifest.json"
+
+
+def build_manifest(spec, source, ref_meta: dict, split_summary: dict, outcomes, folder: Path, *,
+                   seconds: float, bench: dict | None = None) -> dict:
+    artifacts = []
+    for o in outcomes:
+        entry = {"name": o.name, "target": o.target, "precision": o.precision, "status": o.status,
+                 "path": o.path, "cached": o.cached}
+        if o.error:
+            entry["error"] = o.error
+        if o.meta:
+            p = o.meta.get("parity", {})
+            entry.update({
+                "files": o.meta.get("files", []),
+                "bytes": sum(f["bytes"] for f in o.meta.get("files", []) if _is_model_file(f["path"])),
+                "recipe": o.meta.get("recipe"),
+                "runtime": o.meta.get("runtime"),
+                "unverified": o.meta.get("unverified", []),
+                "parity": {k: p.get(k) for k in ("n_texts", "mean", "p01", "min")} | {
+                    "languages": {lang: {"mean": v["mean"], "min": v["min"]}
+                                  for lang, v in p.get("languages", {}).items()},
+                    "retrieval": {k: (p.get("retrieval") or {}).get(k) for k in ("k", "topk_overlap", "top1_agreement")},
+                },
+                "gates": o.meta.get("gates"),
+            })
+        artifacts.append(entry)
+    manifest = {
+        "format": "embedc-manifest/1",
+        "spec": spec.to_dict(),
+        "model": source.to_dict(),
+        "random_weights": source.random_weights,
+        "reference_export": {"path": "export", "opset": ref_meta.get("opset"),
+                             "validation": {k: ref_meta["validation"][k] for k in
+                                            ("texts", "mean_cosine", "min_cosine", "max_abs_diff", "passed")},
+                             "files": ref_meta.get("files", [])},
+        "calibration": split_summary,
+        "versions": library_versions(),
+        "machine": machine_facts(),
+        "artifacts": artifacts,
+        "unverified": sorted({u for a in artifacts for u in a.get("unverified", [])}),
+        "verdict": "pass" if all(a["status"] == "pass" for a in artifacts) else
+                   ("error" if any(a["status"] == "error" for a in artifacts) else "fail"),
+        "bench": bench,
+        "seconds": round(seconds, 1),
+    }
+    write_json_atomic(Path(folder) / MANIFEST, manifest)
+    return manifest
+
+
+def _is_model_file(path: str) -> bool:
+    return not path.startswith(("tokenizer", "special_tokens", "sentencepiece", "vocab")) and \
+        not path.endswith((".txt", ".sh"))

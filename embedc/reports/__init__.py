@@ -1,0 +1,1 @@
+"""What a build reports: report.md, report.html and JUnit, all from the manifest."""

@@ -1,0 +1,288 @@
+"""INT8 recipes of the ONNX Runtime backend: dynamic (``quantize_dynamic``) and
+static QDQ (``quantize_static``) with calibration-driven outlier handling.
+
+Imported lazily by :mod:`embedc.targets.ort.backend` (onnx / onnxruntime load here).
+Every recipe returns a JSON-ready dict saying exactly what it did: library
+calls, settings, and which nodes were quantized or kept out, by module path
+(``encoder.encoder.layer.11.output.dense``) next to the opaque node name.
+
+Recipe decisions (measured on multilingual-e5-small and all-MiniLM-L6-v2):
+
+* INT8 static is QDQ via ``quantize_static`` on the Linear MatMuls only,
+  per-channel weights, outputs left float. ORT 1.32's QDQ MatMul ignores
+  ``MatMulConstBOnly`` and quantizes MatMul outputs, and its QDQ pair rewires
+  every reader of a quantized tensor, so the post-LayerNorm residual would be
+  INT8 too: hence ``nodes_to_quantize``, ``OpTypesToExcludeOutputQuantization``
+  and an Identity that gives each MatMul group its own input. (That config
+  alone took MiniLM from mean cosine 0.917 to 0.993.)
+* Outlier channels: SmoothQuant-style per-channel scaling on each MatMul
+  group's input (an explicit Mul: BERT is post-LN, so it cannot fold into
+  LayerNorm), alpha picked per group by emulated output SQNR. Then MatMuls are
+  ranked by the SQNR of their output with only that MatMul quantized (ORT's own
+  scales on the float activations), and the worst are taken out of static
+  quantization until the sentence-embedding cosine on the *calibration* texts
+  meets a target. Taken-out MatMuls become 8-bit ``MatMulNBits`` (INT8 weights
+  per block of 32, activations quantized per block at run time with
+  ``accuracy_level`` 4), so the size stays INT8.
+* The word-embedding table is 8-bit block-wise: see :mod:`embedc.targets.ort.block_quant`.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from ...errors import CompileError
+from . import graph as ort_graph
+from .activations import ActivationStats, _sqnr
+from .block_quant import _table, weight_only_8bit
+from .graph import (_copy_value_info_shape, files_bytes, initializer_map, load_model, model_files, module_paths,
+                        needs_external_data, node_entries, save_model, scope_matches, strip_debug_metadata,
+                        weight_matmuls)
+from .search import auto_exclude
+from .session import feed_reader, import_quantization, quiet_ort_logs
+from .smoothquant import SMOOTH_ALPHAS, SMOOTH_MIN_GAIN_DB, smooth_matmul_inputs
+
+
+def quantize_int8_dynamic(src: Path, dst: Path, *, settings: dict, options: dict, work: Path) -> dict:
+    """``quantize_dynamic`` on the Linear MatMuls (+ the 8-bit block table)."""
+    q = import_quantization()
+    model = load_model(src)
+    paths = module_paths(model)
+    matmuls = weight_matmuls(model)
+    excluded = [n.name for n in matmuls if scope_matches(paths[n.name], options["exclude"])]
+    recipe: dict = {"embedding": None}
+    prep = work / "dynamic-input.onnx"
+    if options["quantize_embedding"]:
+        recipe["embedding"] = _table(model, options)
+    strip_debug_metadata(model)
+    save_model(model, prep)
+    kwargs = dict(op_types_to_quantize=["MatMul"], per_channel=options["per_channel"],
+                  reduce_range=settings["reduce_range"], weight_type=q.QuantType[settings["weight_type"]],
+                  nodes_to_exclude=excluded, use_external_data_format=needs_external_data(model),
+                  extra_options={"MatMulConstBOnly": True})
+    with quiet_ort_logs():
+        q.quantize_dynamic(str(prep), str(dst), **kwargs)
+    for p in model_files(prep):
+        p.unlink()
+    quantized = [n.name for n in matmuls if n.name not in excluded]
+    recipe.update({
+        "library_call": "onnxruntime.quantization.quantize_dynamic",
+        "settings": {**{k: v for k, v in kwargs.items() if k not in ("weight_type", "nodes_to_exclude")},
+                     "weight_type": settings["weight_type"], "activations": "uint8, per tensor, at run time"},
+        "kernels": "DynamicQuantizeLinear + MatMulInteger (fused to DynamicQuantizeMatMul at load)",
+        "quantized": node_entries(paths, quantized),
+        "excluded": [{**e, "reason": "option exclude", "as": "fp32"} for e in node_entries(paths, excluded)],
+    })
+    return recipe
+
+
+def calibrate(model_path: Path, feeds: Sequence[dict[str, np.ndarray]], input_names: Sequence[str],
+              method: str, cache: Path, work: Path, options: dict) -> dict:
+    """Activation ranges of every MatMul input/output over the calibration
+    feeds, saved as ORT's calibration cache (reused by every quantize pass).
+
+    Histogram methods (Entropy/Percentile) stack a batch's outputs, so they
+    need equal shapes; here each feed is collected on its own (batch 1, its
+    own length) and the histograms merge across calls, so no padding is needed
+    and memory stays at one feed's activations."""
+    q = import_quantization()
+    extra: dict = {"per_channel": False}
+    if method == "MinMax":
+        extra["max_intermediate_outputs"] = 32
+    if method == "Percentile":
+        extra["percentile"] = options["percentile"]
+    started = time.perf_counter()
+    with quiet_ort_logs(), contextlib.redirect_stdout(io.StringIO()):  # the histogram collector prints per call
+        calibrator = q.create_calibrator(Path(model_path), ["MatMul"], augmented_model_path=str(work / "augmented.onnx"),
+                                         calibrate_method=q.CalibrationMethod[method],
+                                         # ort_graph's value at call time: one threshold everywhere (tests lower it)
+                                         use_external_data_format=files_bytes(model_path) > ort_graph.EXTERNAL_DATA_BYTES,
+                                         extra_options=extra)
+        reader = feed_reader(feeds, input_names)
+        if method == "MinMax":
+            calibrator.collect_data(reader)
+        else:
+            for i in range(len(reader)):
+                reader.set_range(i, i + 1)
+                calibrator.collect_data(reader)
+        ranges = calibrator.compute_data()
+        q.save_tensors_data(ranges, cache)
+    del calibrator
+    for p in work.glob("augmented.onnx*"):
+        p.unlink()
+    out = {"method": method, "count": len(feeds), "seconds": round(time.perf_counter() - started, 1),
+           "tensors": len(ranges.data),
+           "how": "create_calibrator over the MatMul tensors, one batch-1 feed per collect_data call for "
+                  "histogram methods (no padding), ranges saved with save_tensors_data and reused via "
+                  "quantize_static(calibration_cache_path=...)"}
+    if method == "Percentile":
+        out["percentile"] = options["percentile"]
+    return out
+
+
+def isolate_matmul_inputs(model: onnx.ModelProto, names: Sequence[str]) -> dict[str, str]:
+    """Give each group of Linear MatMuls its own input tensor (an Identity)
+    where the tensor has other readers. ORT's QDQ quantizer rewires *every*
+    reader of a quantized tensor to its DequantizeLinear, so without this the
+    post-LayerNorm residual Add would read the INT8 copy of the hidden state."""
+    wanted = set(names)
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for i in set(node.input):
+            readers.setdefault(i, []).append(node)
+    outputs = {o.name for o in model.graph.output}
+    isolated = {}
+    for x_name in sorted({n.input[0] for n in model.graph.node if n.name in wanted}):
+        group = [n for n in readers[x_name] if n.name in wanted and n.input[0] == x_name]
+        if len(group) == len(readers[x_name]) and x_name not in outputs:
+            continue
+        out = f"{x_name}_matmul_input"
+        ident = helper.make_node("Identity", [x_name], [out], name=f"{group[0].name}_input")
+        ident.metadata_props.extend(group[0].metadata_props)
+        first = min(i for i, n in enumerate(model.graph.node) if n.name in {g.name for g in group})
+        model.graph.node.insert(first, ident)
+        model.graph.value_info.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, None))
+        _copy_value_info_shape(model, x_name, out)
+        for node in group:
+            node.input[0] = out
+        isolated[x_name] = out
+    return isolated
+
+
+def _qdq_specs(qdq: onnx.ModelProto, names: Sequence[str]) -> dict:
+    """For each statically quantized MatMul: its float input tensor, the
+    activation scale/zero point ORT chose, and the dequantized weights."""
+    qinit = initializer_map(qdq)
+    producer = {o: n for n in qdq.graph.node for o in n.output}
+    wanted = set(names)
+    specs = {}
+    for node in qdq.graph.node:
+        if node.name not in wanted:
+            continue
+        dq_a, dq_w = producer.get(node.input[0]), producer.get(node.input[1])
+        if not (dq_a and dq_w and dq_a.op_type == dq_w.op_type == "DequantizeLinear"):
+            continue
+        q_a = producer.get(dq_a.input[0])
+        if q_a is None or q_a.op_type != "QuantizeLinear":
+            continue
+        zp_a = numpy_helper.to_array(qinit[dq_a.input[2]])
+        w_q = numpy_helper.to_array(qinit[dq_w.input[0]]).astype(np.float32)
+        s_w = numpy_helper.to_array(qinit[dq_w.input[1]]).astype(np.float32)
+        zp_w = numpy_helper.to_array(qinit[dq_w.input[2]]).astype(np.float32) if len(dq_w.input) > 2 else 0.0
+        info = np.iinfo(zp_a.dtype)
+        specs[node.name] = {"x": q_a.input[0], "scale": float(numpy_helper.to_array(qinit[dq_a.input[1]])),
+                            "zero": float(zp_a), "qmin": info.min, "qmax": info.max,
+                            "w_deq": (w_q - zp_w) * s_w}  # per output channel: broadcasts over the last axis
+    return specs
+
+
+def local_sqnr(qdq_path: Path, float_model: onnx.ModelProto, names: Sequence[str],
+               stats: ActivationStats) -> dict[str, float]:
+    """SQNR (dB) of each MatMul's output with only that MatMul quantized: the
+    float activations sampled on the calibration feeds, quantized with the
+    scale/zero point and weights ORT wrote into the QDQ model, against X @ W."""
+    inits = initializer_map(float_model)
+    weights = {n.name: n.input[1] for n in float_model.graph.node if n.name in set(names)}
+    out = {}
+    for name, s in _qdq_specs(onnx.load(str(qdq_path)), names).items():
+        if s["x"] not in stats.samples:
+            continue
+        x = stats.samples[s["x"]]
+        xq = (np.clip(np.round(x / s["scale"]) + s["zero"], s["qmin"], s["qmax"]) - s["zero"]) * s["scale"]
+        w = numpy_helper.to_array(inits[weights[name]]).astype(np.float32)
+        out[name] = _sqnr(x @ w, xq @ s["w_deq"])
+    return out
+
+
+def quantize_int8_static(src: Path, dst: Path, *, feeds, input_names: Sequence[str], settings: dict,
+                         options: dict, work: Path, threads: int | None) -> dict:
+    """QDQ INT8 with calibration-driven outlier handling (see the module doc)."""
+    q = import_quantization()
+    work.mkdir(parents=True, exist_ok=True)
+    model = load_model(src)
+    paths = module_paths(model)
+    names = [n.name for n in weight_matmuls(model)]
+    forced = [n for n in names if scope_matches(paths[n], options["exclude"])]
+    recipe: dict = {"embedding": _table(model, options) if options["quantize_embedding"] else None}
+    started = time.perf_counter()
+    stats = ActivationStats(src, sorted({n.input[0] for n in weight_matmuls(model)}), feeds, input_names, threads)
+    recipe["activation_stats"] = {"feeds": len(feeds), "sampled_rows": int(next(iter(stats.samples.values())).shape[0]),
+                                  "seconds": round(time.perf_counter() - started, 1)}
+    recipe["smooth_quant"] = None
+    if options["smooth_quant"]:
+        alpha = None if options["smooth_alpha"] == "auto" else float(options["smooth_alpha"])
+        groups = smooth_matmul_inputs(model, stats, settings, alpha)
+        recipe["smooth_quant"] = {"alpha": options["smooth_alpha"], "alphas_tried": list(SMOOTH_ALPHAS),
+                                  "min_gain_db": SMOOTH_MIN_GAIN_DB, "groups": groups,
+                                  "smoothed": sum(g["alpha"] is not None for g in groups)}
+    isolated = isolate_matmul_inputs(model, names)
+    for x_name, alias in isolated.items():  # same values under the name the quantizer will see
+        if x_name in stats.samples:
+            stats.samples[alias], stats.lo[alias], stats.hi[alias] = (stats.samples[x_name], stats.lo[x_name],
+                                                                      stats.hi[x_name])
+    recipe["isolated_inputs"] = sorted(isolated)
+    prep = work / "static-input.onnx"
+    strip_debug_metadata(model)
+    save_model(model, prep)
+    external = needs_external_data(model)
+    method = options["calibrate_method"]
+    cache = work / "calibration-cache.json"
+    recipe["calibration"] = calibrate(prep, feeds, input_names, method, cache, work, options)
+    if recipe["calibration"]["tensors"] == 0:
+        raise CompileError("calibration found no MatMul tensors to calibrate (no shape information)",
+                           "re-run 'embedc export'; the reference must carry value_info")
+    # ORT 1.32's QDQMatMul ignores MatMulConstBOnly (only the QOperator path reads it) and quantizes
+    # MatMul outputs too: name the Linear MatMuls, and keep their outputs float, so Q.K^T, attn.V and
+    # the residual stream stay FP32 (ORT then fuses DQ->MatMul into MatMulIntegerToFloat).
+    extra = {"MatMulConstBOnly": True, "OpTypesToExcludeOutputQuantization": ["MatMul"],
+             "ActivationSymmetric": settings["activation_symmetric"],
+             "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1}}
+    qkw = dict(quant_format=q.QuantFormat.QDQ, op_types_to_quantize=["MatMul"], per_channel=True,
+               reduce_range=settings["reduce_range"], activation_type=q.QuantType[settings["activation_type"]],
+               weight_type=q.QuantType[settings["weight_type"]], calibrate_method=q.CalibrationMethod[method],
+               calibration_cache_path=str(cache), use_external_data_format=external, extra_options=extra)
+
+    def build(excluded: Sequence[str], out: Path) -> None:
+        with quiet_ort_logs():
+            q.quantize_static(str(prep), str(out), None, nodes_to_quantize=[n for n in names if n not in excluded],
+                              nodes_to_exclude=list(excluded), **qkw)
+        if excluded and options["excluded_as"] == "int8-weight-only":
+            save_model(weight_only_8bit(onnx.load(str(out)), excluded), out)
+
+    def rank(cand: Path) -> dict[str, float]:
+        return local_sqnr(cand, model, names, stats)
+
+    search = auto_exclude(build, rank, [n for n in names if n not in forced], forced, stats.embeddings, feeds,
+                          input_names, options, work, threads)
+    del rank, model  # free the float graph before the final build
+    excluded = forced + search["excluded"]
+    build(excluded, dst)
+    for p in [*model_files(prep), cache]:
+        p.unlink(missing_ok=True)
+
+    by_reason = {n: "option exclude" for n in forced}
+    by_reason.update({n: f"auto: output SQNR {search['sqnr'][n]:.1f} dB" for n in search["excluded"]})
+    excluded_as = ("com.microsoft.MatMulNBits bits=8 block_size=32 symmetric accuracy_level=4 "
+                   "(INT8 weights, activations quantized per block at run time)"
+                   if options["excluded_as"] == "int8-weight-only" else "fp32")
+    recipe.update({
+        "library_call": "onnxruntime.quantization.quantize_static",
+        "settings": {"quant_format": "QDQ", "op_types_to_quantize": ["MatMul"], "per_channel": True,
+                     "reduce_range": settings["reduce_range"], "activation_type": settings["activation_type"],
+                     "weight_type": settings["weight_type"], "calibrate_method": method,
+                     "extra_options": extra, "use_external_data_format": external},
+        "quantized": node_entries(paths, [n for n in names if n not in excluded]),
+        "excluded": [{"node": n, "module": paths[n], "reason": by_reason[n], "as": excluded_as} for n in excluded],
+        "kept_fp32": [] if options["excluded_as"] == "int8-weight-only" else [paths[n] for n in excluded],
+        "auto_exclude": {k: v for k, v in search.items() if k not in ("excluded", "sqnr")},
+        "sensitivity_db": [{"module": paths[n], "node": n, "sqnr_db": round(v, 2)}
+                           for n, v in sorted(search["sqnr"].items(), key=lambda kv: kv[1])],
+    })
+    return recipe

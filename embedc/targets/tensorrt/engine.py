@@ -1,0 +1,189 @@
+"""Build and run a TensorRT engine from an artifact's ``build.json`` (GPU host only).
+
+This is real code written against the TensorRT 10 Python API (Builder,
+STRONGLY_TYPED network, OnnxParser, optimization profiles, timing cache,
+``execute_async_v3`` with torch CUDA tensors as I/O buffers), but it is
+UNVERIFIED on the machines embedc is developed on: they have no NVIDIA GPU and
+no TensorRT. Without them, both entry points raise ``MissingDependencyError``
+naming what is missing. Engines are tied to the GPU model and TensorRT
+version and are not byte-reproducible: compare outputs, not bytes.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ...errors import ArtifactError, CompileError, MissingDependencyError
+from ...fsutil import read_json
+from .profiles import BUILD_FILE, BUILD_FORMAT
+
+_HINT = "run on an NVIDIA GPU host with TensorRT >= 10 (pip install tensorrt) and a CUDA build of torch"
+
+
+def _require_gpu_tensorrt():
+    """(tensorrt, torch) or MissingDependencyError naming everything that is missing."""
+    missing = []
+    try:
+        import tensorrt as trt
+    except ImportError:
+        trt = None
+        missing.append("the 'tensorrt' Python package is not installed")
+    except OSError as exc:  # installed, but its CUDA/TensorRT libraries do not load
+        trt = None
+        missing.append(f"the 'tensorrt' package does not load ({exc})")
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            missing.append("no CUDA GPU is visible (torch.cuda.is_available() is False)")
+    except ImportError:
+        torch = None
+        missing.append("torch is not installed")
+    if missing:
+        raise MissingDependencyError("TensorRT engine needs an NVIDIA GPU with TensorRT: " + "; ".join(missing), _HINT)
+    return trt, torch
+
+
+def read_build(artifact_dir: Path) -> dict:
+    path = Path(artifact_dir) / BUILD_FILE
+    if not path.is_file():
+        raise ArtifactError(f"{artifact_dir} has no {BUILD_FILE}", "pass a folder built for a tensorrt-* target")
+    build = read_json(path)
+    if build.get("format") != BUILD_FORMAT:
+        raise ArtifactError(f"{path} has format {build.get('format')!r}, expected {BUILD_FORMAT!r}",
+                            "rebuild the artifact with this embedc version")
+    return build
+
+
+def _network_flags(trt) -> tuple[int, bool]:
+    """Creation flags and whether the network is strongly typed (TensorRT >= 9.1)."""
+    flags, strong = 0, False
+    f = trt.NetworkDefinitionCreationFlag
+    if hasattr(f, "STRONGLY_TYPED"):
+        flags |= 1 << int(f.STRONGLY_TYPED)
+        strong = True
+    if int(trt.__version__.split(".")[0]) < 10 and hasattr(f, "EXPLICIT_BATCH"):
+        flags |= 1 << int(f.EXPLICIT_BATCH)  # implicit in 10+, deprecated there
+    return flags, strong
+
+
+def _weak_type_flags(trt, config, precision: str) -> None:
+    """Old TensorRT without strong typing: ask for the precision via builder flags."""
+    if precision == "int4":
+        raise CompileError("INT4 weight-only engines need TensorRT >= 10", _HINT)
+    config.set_flag(trt.BuilderFlag.FP16)
+    if precision == "int8":
+        config.set_flag(trt.BuilderFlag.INT8)  # Q/DQ in the graph give the scales
+
+
+def _write_atomic(path: Path, data) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def build_engine(artifact_dir: Path, timing_cache: Path | None = None) -> Path:
+    """Build ``model.plan`` next to the ONNX, as ``build.json`` describes; returns its path.
+
+    ``timing_cache`` (default: build.json's ``timing_cache`` in the artifact
+    folder) is loaded when it exists and saved after the build, so rebuilds
+    and sibling precisions reuse measured tactics.
+    """
+    artifact_dir = Path(artifact_dir)
+    build = read_build(artifact_dir)
+    trt, _torch = _require_gpu_tensorrt()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags, strong = _network_flags(trt)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    onnx_path = artifact_dir / build["onnx"]
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise CompileError(f"TensorRT could not parse {onnx_path.name}: {errors}",
+                           f"run 'embedc check-trt {onnx_path}' and check the TensorRT version")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(build["workspace_mb"]) << 20)
+    if not strong:
+        _weak_type_flags(trt, config, build["precision"])
+    for shapes in build["profiles"]:
+        profile = builder.create_optimization_profile()
+        for name, s in shapes.items():
+            profile.set_shape(name, tuple(s["min"]), tuple(s["opt"]), tuple(s["max"]))
+        config.add_optimization_profile(profile)
+    cache_path = Path(timing_cache) if timing_cache else artifact_dir / build["timing_cache"]
+    blob = cache_path.read_bytes() if cache_path.is_file() else b""
+    config.set_timing_cache(config.create_timing_cache(blob), ignore_mismatch=False)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise CompileError(f"TensorRT failed to build an engine from {onnx_path.name}",
+                           "see the TensorRT log above; check the GPU's support for the precision")
+    engine_path = artifact_dir / build["engine"]
+    _write_atomic(engine_path, memoryview(serialized))
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(cache_path, memoryview(config.get_timing_cache().serialize()))
+    return engine_path
+
+
+class EngineRunner:
+    """Runs a serialized engine with torch CUDA tensors as bindings (no pycuda)."""
+
+    def __init__(self, engine_path: Path):
+        trt, torch = _require_gpu_tensorrt()
+        self.trt, self.torch = trt, torch
+        path = Path(engine_path)
+        if not path.is_file():
+            raise ArtifactError(f"engine {path} does not exist", "build it with 'embedc engine ARTIFACT'")
+        self.engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(path.read_bytes())
+        if self.engine is None:
+            raise ArtifactError(f"TensorRT could not load {path}",
+                                "engines are tied to the GPU and TensorRT version: rebuild it here")
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in names if n not in self.inputs]
+
+    def _dtype(self, name: str):
+        trt, torch = self.trt, self.torch
+        table = {trt.float32: torch.float32, trt.float16: torch.float16, trt.int32: torch.int32,
+                 trt.int64: torch.int64, trt.int8: torch.int8, trt.bool: torch.bool}
+        if hasattr(trt, "bfloat16"):
+            table[trt.bfloat16] = torch.bfloat16
+        return table[self.engine.get_tensor_dtype(name)]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        torch = self.torch
+        keep = {}
+        for name in self.inputs:
+            if name not in feeds:
+                raise ArtifactError(f"engine input {name!r} is missing from the feeds",
+                                    "tokenize with the artifact's inputs")
+            t = torch.from_numpy(np.ascontiguousarray(feeds[name])).to("cuda", dtype=self._dtype(name))
+            self.context.set_input_shape(name, tuple(t.shape))
+            self.context.set_tensor_address(name, t.data_ptr())
+            keep[name] = t
+        for name in self.outputs:
+            t = torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=self._dtype(name), device="cuda")
+            self.context.set_tensor_address(name, t.data_ptr())
+            keep[name] = t
+        stream = torch.cuda.Stream()
+        if not self.context.execute_async_v3(stream.cuda_stream):
+            raise CompileError("TensorRT engine execution failed", "check the input shapes against build.json")
+        stream.synchronize()
+        return {n: keep[n].float().cpu().numpy() for n in self.outputs}
+
+    def embed(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        return self.run(feeds)["sentence_embedding"].astype(np.float32)
+
+
+def run_engine(engine_path: Path, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    """``sentence_embedding`` of one batch from the engine, for parity against the ONNX graph."""
+    return EngineRunner(engine_path).embed(feeds)
