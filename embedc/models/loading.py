@@ -1,44 +1,41 @@
-"""Load a resolved model into torch, safely: safetensors only and no remote
-code unless the user opted in; eager attention so export traces cleanly."""
+"""Load a resolved model safely: safetensors only and no remote code unless
+the user opted in; eager attention so export traces cleanly. Which class and
+pooling a model gets is its family's business (embedc.families)."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from ..errors import MissingDependencyError, ModelSourceError, UnsupportedArchitectureError
+from ..errors import MissingDependencyError, ModelSourceError
 from .catalog import RANDOM_MARKER
 from .source import ModelSource
-
-# Bidirectional encoders embedc has adapters for (model_type -> family).
-SUPPORTED_MODEL_TYPES = {"bert": "encoder", "xlm-roberta": "encoder", "roberta": "encoder"}
 
 
 def read_config(path: Path) -> dict:
     try:
-        return json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+        data = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
     except PermissionError as exc:
         raise ModelSourceError(f"cannot read {path}/config.json (permission denied)",
                                "fix the file permissions") from exc
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ModelSourceError(f"{path}/config.json is not valid JSON",
                                "pass an intact Hugging Face model folder") from exc
+    if not isinstance(data, dict):
+        raise ModelSourceError(f"{path}/config.json is a JSON {type(data).__name__}, not an object",
+                               "pass an intact Hugging Face model folder")
+    return data
 
 
 def check_architecture(source: ModelSource) -> dict:
-    """Return the config, or raise naming the supported architectures."""
-    config = read_config(source.path)
-    model_type = config.get("model_type")
-    if "auto_map" in config and not source.trust_remote_code:
-        raise ModelSourceError(f"model {source.name} needs its own remote code (auto_map in config.json)",
-                               "review that code, then pass --trust-remote-code")
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise UnsupportedArchitectureError(
-            f"architecture {model_type!r} of {source.name} is not supported",
-            f"supported model types: {', '.join(sorted(SUPPORTED_MODEL_TYPES))}")
-    return config
+    """Return the config, or raise naming the supported architectures (and
+    refusing remote code the user did not allow)."""
+    from ..families import resolve_family
+
+    return resolve_family(source)[1]
 
 
-def _weights_format(path: Path) -> str:
+def weights_format(path: Path) -> str:
+    path = Path(path)
     if any(path.glob("*.safetensors")) or (path / "model.safetensors.index.json").is_file():
         return "safetensors"
     if any(path.glob("*.bin")) or any(path.glob("*.pt")):
@@ -46,12 +43,23 @@ def _weights_format(path: Path) -> str:
     return "none"
 
 
-def load_torch_model(source: ModelSource):
-    """The FP32 torch model in eval mode (random presets drawn from their seed)."""
+def max_sequence_length(config: dict, tokenizer) -> int:
+    """The model's own maximum tokens: position table (minus RoBERTa's padding
+    offset) and the tokenizer's model_max_length, whichever is smaller."""
+    positions = int(config.get("max_position_embeddings", 512))
+    if config.get("model_type") in ("xlm-roberta", "roberta"):
+        positions -= int(config.get("pad_token_id", 1)) + 1  # positions start after padding_idx
+    limit = getattr(tokenizer, "model_max_length", positions) or positions
+    return int(min(positions, limit if limit < 10**6 else positions))
+
+
+def load_hf_model(source: ModelSource, *, pooling_layer: bool | None = None, model_class=None):
+    """The FP32 transformers model in eval mode with eager attention (random
+    presets drawn from their seed). ``pooling_layer=False`` drops BERT's unused pooler."""
     import torch
     from transformers import AutoConfig, AutoModel
 
-    check_architecture(source)
+    cls = model_class or AutoModel
     path = source.path
     marker = path / RANDOM_MARKER
     if marker.is_file():
@@ -59,29 +67,37 @@ def load_torch_model(source: ModelSource):
         config = AutoConfig.from_pretrained(str(path), attn_implementation="eager")
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            model = AutoModel.from_config(config, attn_implementation="eager")
+            model = cls.from_config(config, attn_implementation="eager")
         return model.float().eval()
-    fmt = _weights_format(path)
+    fmt = weights_format(path)
     if fmt == "none":
         raise ModelSourceError(f"{path} has no model weights (no *.safetensors)",
                                "pass a folder with model.safetensors")
     if fmt == "pickle" and not source.allow_pickle:
         raise ModelSourceError(f"{path} has only pickle-format weights (*.bin), which can run code on load",
                                "convert them to safetensors, or pass --allow-pickle if you trust the source")
+    kwargs = dict(attn_implementation="eager", dtype=torch.float32, use_safetensors=fmt == "safetensors",
+                  trust_remote_code=source.trust_remote_code)
     try:
-        model = AutoModel.from_pretrained(
-            str(path), attn_implementation="eager", dtype=torch.float32,
-            use_safetensors=fmt == "safetensors", trust_remote_code=source.trust_remote_code,
-            add_pooling_layer=False,
-        )
-    except TypeError:  # architectures without a pooling layer argument
-        model = AutoModel.from_pretrained(
-            str(path), attn_implementation="eager", dtype=torch.float32,
-            use_safetensors=fmt == "safetensors", trust_remote_code=source.trust_remote_code)
+        if pooling_layer is False:
+            try:
+                model = cls.from_pretrained(str(path), add_pooling_layer=False, **kwargs)
+            except TypeError:  # architectures without a pooling layer argument
+                model = cls.from_pretrained(str(path), **kwargs)
+        else:
+            model = cls.from_pretrained(str(path), **kwargs)
     except (OSError, ValueError) as exc:
         raise ModelSourceError(f"cannot load weights from {path}: {str(exc).splitlines()[0]}",
                                "check that the folder is an intact Hugging Face model") from exc
     return model.float().eval()
+
+
+def load_torch_model(source: ModelSource):
+    """The FP32 body of ``source`` as its family loads it."""
+    from ..families import resolve_family
+
+    family, _ = resolve_family(source)
+    return family.load_torch(source)
 
 
 def load_tokenizer(source: ModelSource):

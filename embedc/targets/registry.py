@@ -1,5 +1,8 @@
-"""All hardware targets by name. Backend modules stay import-light (their
-heavy libraries are imported inside functions), so listing targets is cheap."""
+"""Every backend and target by name. Built-in backend packages register
+themselves when imported (``register_backend(BACKEND)`` in their ``__init__``);
+they import their heavy libraries inside functions, so listing targets is
+cheap. Tests add a fake backend with ``register_backend`` and remove it with
+``unregister_backend``."""
 from __future__ import annotations
 
 import importlib
@@ -7,26 +10,54 @@ import importlib
 from ..errors import TargetError
 from .base import Backend, Target
 
-_BACKEND_MODULES = {"ort": "embedc.targets.ort", "openvino": "embedc.targets.openvino",
-                    "tensorrt": "embedc.targets.tensorrt"}
+_BUILTIN = ("embedc.targets.ort", "embedc.targets.openvino", "embedc.targets.tensorrt")
+_BACKENDS: dict[str, Backend] = {}
+_TARGETS: dict[str, tuple[Target, ...]] = {}   # backend name -> its targets
+_loaded = False
 
 
-def _module(backend: str):
-    return importlib.import_module(_BACKEND_MODULES[backend])
+def register_backend(backend: Backend, targets: tuple[Target, ...] | None = None) -> Backend:
+    """Add ``backend`` and its targets (``backend.targets`` unless given).
+    A target name may belong to one backend only."""
+    own = tuple(targets if targets is not None else getattr(backend, "targets", ()))
+    if not backend.name or not own:
+        raise ValueError("a backend needs a name and at least one target")
+    for t in own:
+        if t.backend != backend.name:
+            raise ValueError(f"target {t.name} names backend {t.backend!r}, not {backend.name!r}")
+        for other, ts in _TARGETS.items():
+            if other != backend.name and any(x.name == t.name for x in ts):
+                raise ValueError(f"target {t.name} already belongs to backend {other!r}")
+    _BACKENDS[backend.name] = backend
+    _TARGETS[backend.name] = own
+    return backend
+
+
+def unregister_backend(name: str) -> None:
+    _BACKENDS.pop(name, None)
+    _TARGETS.pop(name, None)
+
+
+def _load_builtins() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for mod_name in _BUILTIN:
+        mod = importlib.import_module(mod_name)
+        backend = getattr(mod, "BACKEND", None)
+        if backend is not None and backend.name not in _BACKENDS:
+            register_backend(backend, getattr(mod, "TARGETS", None))
+
+
+def backends() -> dict[str, Backend]:
+    _load_builtins()
+    return dict(_BACKENDS)
 
 
 def all_targets() -> dict[str, Target]:
-    out: dict[str, Target] = {}
-    for backend in _BACKEND_MODULES:
-        try:
-            mod = _module(backend)
-        except ModuleNotFoundError as exc:
-            if exc.name and exc.name.startswith("embedc.targets"):
-                continue  # backend module not present in this build
-            raise
-        for t in mod.TARGETS:
-            out[t.name] = t
-    return out
+    _load_builtins()
+    return {t.name: t for ts in _TARGETS.values() for t in ts}
 
 
 def get_target(name: str) -> Target:
@@ -42,5 +73,10 @@ def check_precision(target: Target, precision: str) -> None:
                           f"choose one of: {', '.join(target.precisions)}")
 
 
-def get_backend(target: Target) -> Backend:
-    return _module(target.backend).BACKEND
+def get_backend(target: Target | str) -> Backend:
+    """The backend of a target (or a backend by its name)."""
+    _load_builtins()
+    name = target.backend if isinstance(target, Target) else target
+    if name not in _BACKENDS:
+        raise TargetError(f"no backend {name!r} is registered", f"known backends: {', '.join(_BACKENDS)}")
+    return _BACKENDS[name]
