@@ -3,6 +3,7 @@ model.safetensors, tokenizer files, modules.json + 1_Pooling), written by the
 tests from seeded random weights: ``from decoder_folders import ...``."""
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from pathlib import Path
@@ -39,19 +40,35 @@ class PPLXQwen3Model(Qwen3Model):
 PPLX_AUTO_MAP = {"AutoConfig": "configuration.PPLXQwen3Config", "AutoModel": "modeling.PPLXQwen3Model"}
 
 
-def write_tiny_folder(dest: Path, preset_name: str, seed: int = 0) -> Path:
-    """A tiny preset written out as a plain folder with model.safetensors."""
-    import os
+class Tiny:
+    """A tiny preset resolved, its tokenizer prepared and its body loaded."""
 
-    from embedc.families import resolve_family
-    from embedc.models import resolve_model
-    from embedc.models.decoder_presets import PRESETS, write_preset_folder, write_weights
+    def __init__(self, name: str):
+        from embedc.families import adapter_for, resolve_family
+        from embedc.models import load_tokenizer, resolve_model
 
-    write_preset_folder(dest, PRESETS[preset_name], seed=seed)
-    src = resolve_model(str(dest))
-    family, _ = resolve_family(src)
-    write_weights(dest, family.load_torch(src))
-    os.remove(dest / "embedc_model.json")  # a hub folder has no embedc facts
+        self.source = resolve_model(name)
+        self.family, _ = resolve_family(self.source)
+        self.tokenizer = self.family.prepare_tokenizer(load_tokenizer(self.source))
+        self.adapter = adapter_for(self.source, self.tokenizer)
+        self.model = self.family.load_torch(self.source, self.adapter)
+
+
+@functools.cache
+def tiny(name: str) -> Tiny:
+    """Loaded once per test session (a Qwen3 tokenizer alone takes seconds to load);
+    callers must not modify what they get."""
+    return Tiny(name)
+
+
+def write_tiny_folder(dest: Path, preset_name: str) -> Path:
+    """A tiny preset written out as a plain hub folder with model.safetensors."""
+    from embedc.models.decoder_presets import write_weights
+
+    loaded = tiny(preset_name)
+    shutil.copytree(loaded.source.path, dest)
+    write_weights(dest, loaded.model)
+    (dest / "embedc_model.json").unlink()  # a hub folder has no embedc facts
     return dest
 
 

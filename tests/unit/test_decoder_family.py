@@ -8,29 +8,30 @@ import shutil
 import pytest
 import torch
 
+from decoder_folders import tiny
 from embedc.families import POOLED_OUTPUT, adapter_for, resolve_family
 from embedc.families.decoder import pool
-from embedc.models import CATALOG, load_tokenizer, resolve_model
+from embedc.models import CATALOG, resolve_model
 
 TEXTS = ["Der schnelle braune Fuchs springt über den faulen Hund.", "猫が好きです",
          "a much longer English sentence that needs several more tokens than the others do", "ok"]
 
 
 class Loaded:
+    """A shared tiny preset (decoder_folders.tiny) with helpers; the tokenizer's
+    padding side is passed per call, never changed on the shared object."""
+
     def __init__(self, name: str):
-        self.source = resolve_model(name)
-        self.family, _ = resolve_family(self.source)
-        self.tokenizer = self.family.prepare_tokenizer(load_tokenizer(self.source))
-        self.adapter = adapter_for(self.source, self.tokenizer)
-        self.model = self.family.load_torch(self.source, self.adapter)
+        t = tiny(name)
+        self.source, self.family, self.tokenizer, self.adapter, self.model = (
+            t.source, t.family, t.tokenizer, t.adapter, t.model)
 
     @torch.inference_mode()
     def hidden(self, ids, mask):
         return self.family.hidden_states(self.model, torch.as_tensor(ids), torch.as_tensor(mask), self.adapter)
 
     def embed(self, texts, side: str):
-        self.tokenizer.padding_side = side
-        batch = self.tokenizer(texts, padding=True, return_tensors="pt")
+        batch = self.tokenizer(texts, padding=True, padding_side=side, return_tensors="pt")
         hidden = self.hidden(batch["input_ids"], batch["attention_mask"])
         return torch.nn.functional.normalize(pool(hidden, batch["attention_mask"], self.adapter.pooling.mode), dim=-1)
 
@@ -113,8 +114,7 @@ def test_last_token_pooling_reads_the_appended_eos(qwen3_emb, pplx):
     tok = qwen3_emb.tokenizer
     eos = tok.convert_tokens_to_ids("<|endoftext|>")
     for side in ("left", "right"):
-        tok.padding_side = side
-        batch = tok(TEXTS, padding=True, return_tensors="pt")
+        batch = tok(TEXTS, padding=True, padding_side=side, return_tensors="pt")
         last = (batch["attention_mask"] * torch.arange(batch["input_ids"].shape[1])).argmax(-1)
         assert (batch["input_ids"][torch.arange(len(TEXTS)), last] == eos).all()
         hidden = qwen3_emb.hidden(batch["input_ids"], batch["attention_mask"])
@@ -130,7 +130,7 @@ def test_pooling_comes_from_the_folders_1_pooling(tmp_path):
     cfg.update(pooling_mode_lasttoken=False, pooling_mode_mean_tokens=True)
     (folder / "1_Pooling" / "config.json").write_text(json.dumps(cfg))
     local = resolve_model(str(folder))
-    tokenizer = load_tokenizer(local)
+    tokenizer = tiny("random-tiny-qwen3-embedding").tokenizer  # the folder's own files, loaded once
     adapter = adapter_for(local, tokenizer)
     assert (adapter.attention, adapter.pooling.mode) == ("causal", "mean")
     (folder / "modules.json").unlink()

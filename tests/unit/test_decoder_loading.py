@@ -9,12 +9,12 @@ import sys
 import pytest
 import torch
 
-from decoder_folders import PPLX_AUTO_MAP, variant, with_pplx_remote_code, write_tiny_folder
+from decoder_folders import PPLX_AUTO_MAP, tiny, variant, with_pplx_remote_code, write_tiny_folder
 from embedc.errors import ModelSourceError
 from embedc.families import adapter_for, resolve_family
 from embedc.families.decoder import pool
 from embedc.families.decoder_remote import remote_code_parity
-from embedc.models import load_tokenizer, resolve_model
+from embedc.models import resolve_model
 
 TEXTS = ["Bonjour le monde, comment allez-vous ?", "短い", "one two three four five six seven eight", "x"]
 
@@ -30,10 +30,9 @@ def qwen3_folder(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def tokenizer(qwen3_folder):
+def tokenizer():
     """The Qwen3 tokenizer every tiny folder carries (loading one takes seconds: share it)."""
-    src = resolve_model(str(qwen3_folder))
-    return resolve_family(src)[0].prepare_tokenizer(load_tokenizer(src))
+    return tiny("random-tiny-qwen3-embedding").tokenizer
 
 
 def _load(path, tokenizer, **flags):
@@ -65,8 +64,7 @@ def test_pplx_loads_as_embedcs_own_bidirectional_qwen3_without_running_its_code(
     assert type(model).__name__ == "Qwen3Model" and adapter.attention == "bidirectional"
     assert not any("modeling" in m and "pplx" in m for m in sys.modules)  # their modeling.py was never imported
     # the same weights as the seeded preset they were written from: nothing missing, nothing re-drawn
-    preset = resolve_model("random-tiny-pplx")
-    reference = resolve_family(preset)[0].load_torch(preset)
+    reference = tiny("random-tiny-pplx").model
     torch.testing.assert_close(_embed(family, model, tokenizer, adapter),
                                _embed(family, reference, tokenizer, adapter), atol=0, rtol=0)
 
