@@ -127,16 +127,18 @@ def load_own_torch(source, config: dict):
 def attention_inputs(attention_mask, attention: str, dtype):
     """(4-D additive mask [batch, 1, query, key], position ids) from a 2-D
     padding mask. Positions count attended tokens only, so left padding gives
-    the same positions as right padding; padded keys get the dtype's minimum
-    (finite: a fully masked row softmaxes to uniform, never NaN)."""
+    the same positions as right padding; padded keys get the dtype's minimum."""
     import torch
 
     mask = attention_mask.to(torch.long)
     position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
     allowed = mask.bool()[:, None, None, :]
+    idx = torch.arange(mask.shape[-1], device=mask.device)
     if attention == "causal":
-        idx = torch.arange(mask.shape[-1], device=mask.device)
         allowed = allowed & (idx[:, None] >= idx[None, :])[None, None]
+    # Every query also sees itself: only padded query rows change (their outputs are never pooled),
+    # and no row is fully masked, so an FP16 graph (where the minimum becomes -inf) cannot make NaN.
+    allowed = allowed | (idx[:, None] == idx[None, :])[None, None]
     zeros = torch.zeros(allowed.shape, dtype=dtype, device=mask.device)
     return zeros.masked_fill(~allowed, torch.finfo(dtype).min), position_ids
 

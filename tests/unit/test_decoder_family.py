@@ -144,3 +144,22 @@ def test_random_presets_are_seeded(pplx):
         assert torch.equal(p, q), name
     std = pplx.model.layers[0].mlp.up_proj.weight.std().item()
     assert 0.015 < std < 0.025  # drawn from the config's initializer_range, not left empty
+
+
+@pytest.mark.parametrize("mode", ["bidirectional", "causal"])
+def test_mask_hides_padding_and_leaves_no_row_empty(mode):
+    """Attended tokens never see padded keys; every row (padded ones too) keeps one key,
+    so a graph whose mask minimum turns into -inf in FP16 never softmaxes an empty row."""
+    from embedc.families.decoder import attention_inputs
+
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 0, 0]])
+    add, positions = attention_inputs(mask, mode, torch.float32)
+    allowed = add[:, 0] == 0
+    assert allowed.any(-1).all()
+    valid = mask.bool()
+    assert not (allowed & ~valid[:, None, :])[valid].any()  # valid queries x padded keys: never
+    assert positions.tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 2, 2]]
+    if mode == "causal":
+        assert not allowed[0, 2, 3] and allowed[0, 4, 2]
+    else:
+        assert allowed[0, 2, 4]

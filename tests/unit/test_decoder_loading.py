@@ -166,3 +166,31 @@ def test_qwen2_and_llama_bodies_load_from_the_hub_layout(arch, qwen3_folder, tok
         theirs = stock(**batch).last_hidden_state  # transformers' own causal mask, right padding
     valid = batch["attention_mask"].bool()
     torch.testing.assert_close(ours[valid], theirs[valid], atol=1e-5, rtol=1e-5)
+
+
+def test_qwen3_embedding_hub_layout_with_causal_lm_weights(qwen3_folder, tokenizer, tmp_path):
+    """Qwen3-Embedding's own config style (rope_theta at the top, rope_scaling and sliding_window
+    null, architectures Qwen3ForCausalLM) with weights saved under ``model.`` plus an LM head."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    cfg = json.loads((qwen3_folder / "config.json").read_text())
+    cfg.pop("rope_parameters")
+    cfg.update(architectures=["Qwen3ForCausalLM"], rope_theta=1e6, rope_scaling=None, sliding_window=None,
+               torch_dtype="float32", use_cache=True, transformers_version="4.51.3")
+    stock_cfg = Qwen3Config(**{k: v for k, v in cfg.items() if k not in ("architectures", "model_type",
+                                                                          "torch_dtype", "transformers_version")})
+    torch.manual_seed(2)
+    lm = Qwen3ForCausalLM(stock_cfg).eval()
+    folder = variant(qwen3_folder, tmp_path / "qwen3-emb-hub")
+    (folder / "model.safetensors").unlink()
+    lm.save_pretrained(str(folder))
+    (folder / "config.json").write_text(json.dumps(cfg))
+    src, family, adapter, model = _load(folder, tokenizer)
+    assert (adapter.attention, adapter.pooling.mode) == ("causal", "last")
+    torch.testing.assert_close(model.layers[1].mlp.down_proj.weight, lm.model.layers[1].mlp.down_proj.weight)
+    batch = tokenizer(TEXTS, padding=True, padding_side="right", return_tensors="pt")
+    with torch.inference_mode():
+        ours = family.hidden_states(model, batch["input_ids"], batch["attention_mask"], adapter)
+        theirs = lm.model(**batch).last_hidden_state
+    valid = batch["attention_mask"].bool()
+    torch.testing.assert_close(ours[valid], theirs[valid], atol=1e-5, rtol=1e-5)
