@@ -1,7 +1,7 @@
 """Calibration and evaluation text: a multilingual corpus, seeded
 language-stratified splits, model prompts and tokenized feeds."""
 from .corpus import Sample, load_corpus, load_default_corpus
-from .feeds import length_distribution, tokenize_batches
+from .feeds import encode_batch, length_distribution, tokenize_batches
 from .prompts import PromptStyle, apply_instruct, apply_prompt
 from .segment import Segments, paragraphs, segment_text, split_sentences, text_units
 from .splits import (
@@ -24,6 +24,7 @@ __all__ = [
     "Segments",
     "Splits",
     "apply_instruct",
+    "encode_batch",
     "apply_prompt",
     "length_distribution",
     "load_corpus",

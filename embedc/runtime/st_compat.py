@@ -91,8 +91,8 @@ def write_st_files(artifact_dir: Path, meta: dict, model_source_dir: Path | None
     if load is None:
         return {"loadable": False, "reason": reason, "files": []}
 
-    # embedc.load truncates at the parity length (runtime.Encoder); ST must too to give the same vectors
-    max_seq_length = int(meta.get("parity_max_length") or meta["max_length"])
+    # the model's own maximum, as embedc.load and the torch model use it
+    max_seq_length = int(meta["max_length"])
     prompts = _prompts(meta)
     dim = int(meta["outputs"][0]["shape"][-1])
     shutil.copyfile(config, artifact_dir / "config.json")

