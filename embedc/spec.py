@@ -6,8 +6,8 @@ Spec file layout (every key optional except what a build needs)::
     out = "artifacts/e5-small"
     [model]        name, trust_remote_code, allow_pickle, query_prefix, passage_prefix, instruct_task
     [export]       opset
-    [calibration]  corpus ("default" or a path), calib_per_lang, eval_per_lang, seed, min_languages,
-                   max_length (calibration texts), eval_max_length (evaluation texts)
+    [calibration]  corpus ("default" or a path), calib_per_lang, eval_per_lang, long_per_lang, seed,
+                   min_languages, max_length (calibration texts), eval_max_length (evaluation texts)
     [[matrix]]     target = "ort-cpu-avx2", precisions = ["fp32", "int8-static"], options = {int8-static = {...}}
     [gates]        int8 = "mean>=0.995,min>=0.98"   ("*", a family or a precision -> gates)
     [gates.models."all-minilm-l6-v2"]  int8 = "mean>=0.99"   (only when that model is built)
@@ -52,6 +52,7 @@ class CalibrationSpec:
     max_length: int = 256       # truncation of calibration texts (static ranges settle on shorter texts)
     # truncation of evaluation texts; None: the model's own maximum, capped at EVAL_LENGTH_CAP
     eval_max_length: int | None = None
+    long_per_lang: int = 2      # evaluation-only long passages per language (inputs up to the model's maximum)
 
 
 # Parity runs on 2 CPU cores: long-context decoders (8K-32K positions) are judged up to

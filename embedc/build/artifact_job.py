@@ -21,8 +21,8 @@ from ..errors import EmbedcError
 log = logging.getLogger("embedc")
 
 # embedc source that shapes every artifact besides its backend's own package
-ARTIFACT_CODE = ("targets/base.py", "parity/metrics.py", "parity/harness.py", "calibration/feeds.py",
-                 "runtime/st_compat.py", "build/artifact_job.py")
+ARTIFACT_CODE = ("targets/base.py", "parity/metrics.py", "parity/lengths.py", "parity/harness.py",
+                 "calibration/feeds.py", "runtime/st_compat.py", "build/artifact_job.py")
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,7 @@ class ArtifactJob:
     eval_ids: tuple[str, ...]
     eval_langs: tuple[str, ...]
     eval_kinds: tuple[str, ...]
+    eval_lengths: tuple[int, ...]
     reference_file: str             # embeddings.npy of the torch FP32 reference
     eval_max_length: int
     calib_max_length: int
@@ -117,6 +118,7 @@ def _compile_and_judge(job: ArtifactJob, out: Path) -> None:
     from ..models import load_tokenizer
     from ..parity import compute_parity
     from ..parity.harness import embed_texts
+    from ..parity.lengths import parity_by_length
     from ..runtime.st_compat import write_st_files
     from ..targets.base import CompileContext
     from ..targets.registry import get_backend
@@ -141,8 +143,11 @@ def _compile_and_judge(job: ArtifactJob, out: Path) -> None:
     candidate = embed_texts(runner.embed, tokenizer, job.eval_texts, input_names=[i["name"] for i in meta["inputs"]],
                             max_length=job.eval_max_length)
     reference = np.load(job.reference_file)
-    meta["parity"] = compute_parity(reference, candidate, ids=list(job.eval_ids), langs=list(job.eval_langs),
-                                    kinds=list(job.eval_kinds)).to_dict()
+    parity = compute_parity(reference, candidate, ids=list(job.eval_ids), langs=list(job.eval_langs),
+                            kinds=list(job.eval_kinds))
+    meta["parity"] = parity.to_dict()
+    meta["parity_by_length"] = parity_by_length(parity.cosines, list(job.eval_ids), list(job.eval_lengths),
+                                                job.eval_max_length).to_dict()
     meta["model_files"] = backend.model_files(out, meta)
     meta["model_bytes"] = sum((out / f).stat().st_size for f in meta["model_files"])
     meta["files"] = file_inventory(out)

@@ -35,7 +35,7 @@ def build_manifest(spec, source, ref_meta: dict, split_summary: dict, outcomes, 
                     "retrieval": {k: (p.get("retrieval") or {}).get(k) for k in ("k", "topk_overlap", "top1_agreement")},
                 },
                 "gates": o.meta.get("gates"),
-                "length_buckets": p.get("length_buckets"),
+                "parity_by_length": o.meta.get("parity_by_length"),
             })
         artifacts.append(entry)
     manifest = {

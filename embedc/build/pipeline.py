@@ -105,7 +105,8 @@ def plan_jobs(p: stages.Prepared, data: stages.BuildData, export_dir: Path, expo
             target=target, precision=precision, options=options, key=key, cache_root=str(cache.root),
             work_root=str(work_root), export_dir=str(export_dir), ref_meta=ref_meta, calibration=data.calibration,
             length_stats=data.length_stats, eval_texts=data.eval_texts, eval_ids=data.eval_ids,
-            eval_langs=data.eval_langs, eval_kinds=data.eval_kinds, reference_file=str(reference_file),
+            eval_langs=data.eval_langs, eval_kinds=data.eval_kinds, eval_lengths=data.eval_lengths,
+            reference_file=str(reference_file),
             eval_max_length=p.eval_max_length, calib_max_length=p.calib_max_length, summary=data.summary,
             style=p.style.to_dict(), source=p.source.to_dict(), source_dir=str(p.source.path),
             gates=tuple(resolve_gates(precision, spec.gate_layers(p.model_names))), facts=facts))

@@ -92,12 +92,17 @@ class Prepared:
 
 
 def load_splits(spec: BuildSpec):
-    from ..calibration import load_corpus, load_default_corpus, make_splits
+    from ..calibration import (load_corpus, load_default_corpus, load_default_long_passages, load_long_passages,
+                               make_splits)
 
     c = spec.calibration
-    samples = load_default_corpus() if c.corpus == "default" else load_corpus(c.corpus)
+    if c.corpus == "default":
+        samples, longs = load_default_corpus(), load_default_long_passages()
+    else:
+        samples, longs = load_corpus(c.corpus), load_long_passages(c.corpus)
     splits = make_splits(samples, calib_per_lang=c.calib_per_lang, eval_per_lang=c.eval_per_lang,
-                         seed=c.seed, min_languages=c.min_languages)
+                         seed=c.seed, min_languages=c.min_languages, long_passages=longs,
+                         long_per_lang=c.long_per_lang)
     if not splits.calibration:
         raise CorpusError("the calibration split is empty", "give the corpus more texts or raise calib_per_lang")
     if not splits.evaluation:
@@ -163,6 +168,7 @@ class BuildData:
     eval_ids: tuple[str, ...]
     eval_langs: tuple[str, ...]
     eval_kinds: tuple[str, ...]
+    eval_lengths: tuple[int, ...]  # tokens per evaluation text, as judged (after truncation)
     summary: dict                 # splits summary (sizes, languages, hashes)
 
     @property
@@ -176,16 +182,19 @@ class BuildData:
 
 def data(p: Prepared) -> BuildData:
     from ..calibration import length_distribution, tokenize_batches
+    from ..calibration.feeds import token_lengths
 
     names = list(p.adapter.input_names)
     calib_texts = p.style.apply_all(list(p.splits.calibration))
     evaluation = list(p.splits.evaluation)
+    eval_texts = tuple(p.style.apply_all(evaluation))
     return BuildData(
         calibration=tuple(tokenize_batches(p.tokenizer, calib_texts, batch_size=1, max_length=p.calib_max_length,
                                            input_names=names)),
         length_stats=length_distribution(p.tokenizer, calib_texts, p.calib_max_length),
-        eval_texts=tuple(p.style.apply_all(evaluation)), eval_ids=tuple(s.id for s in evaluation),
+        eval_texts=eval_texts, eval_ids=tuple(s.id for s in evaluation),
         eval_langs=tuple(s.lang for s in evaluation), eval_kinds=tuple(s.kind for s in evaluation),
+        eval_lengths=tuple(int(n) for n in token_lengths(p.tokenizer, eval_texts, p.eval_max_length)),
         summary=p.splits.summary())
 
 

@@ -22,7 +22,8 @@ def _spec_for(meta: dict):
                                      allow_pickle=model.get("allow_pickle", False),
                                      query_prefix=style["query_prefix"], passage_prefix=style["passage_prefix"],
                                      instruct_task=style.get("instruct_task")),
-                     calibration=CalibrationSpec(**meta["calibration_spec"]))
+                     # artifacts from before long evaluation passages were judged without them
+                     calibration=CalibrationSpec(**{"long_per_lang": 0, **meta["calibration_spec"]}))
 
 
 def _reference_for_artifact(artifact_dir: Path, meta: dict, cache_dir: Path | None = None):

@@ -45,6 +45,7 @@ def test_build_folder_manifest_and_reports(first):
             assert sha256_file(out / a["path"] / f["path"]) == f["sha256"]
     md = (out / "report.md").read_text()
     assert "fake-cpu/int8-noisy" in md and "Verdict: **pass**" in md
+    assert "## Parity by input length" in md and "| artifact | 1-64 |" in md
     assert "<img" in (out / "report.html").read_text()
 
 
