@@ -136,8 +136,8 @@ def _parse_gate_options(values: tuple[str, ...]) -> dict:
     return {k: ",".join(v) for k, v in out.items()}
 
 
-def _spec_from_cli(spec_file, model, target, precision, calib, calib_per_lang, eval_per_lang, seed, max_length,
-                   eval_max_length, option, gate, out, bench, threads):
+def _spec_from_cli(spec_file, model, target, precision, calib, calib_per_lang, eval_per_lang, seed, min_languages,
+                   max_length, eval_max_length, option, gate, out, bench, threads):
     import dataclasses
 
     from .spec import BuildSpec, MatrixEntry, load_spec_file, validate
@@ -147,7 +147,7 @@ def _spec_from_cli(spec_file, model, target, precision, calib, calib_per_lang, e
     if model:
         changes["model"] = dataclasses.replace(spec.model, name=model)
     cal = {k: v for k, v in {"corpus": calib, "calib_per_lang": calib_per_lang, "eval_per_lang": eval_per_lang,
-                              "seed": seed, "max_length": max_length,
+                              "seed": seed, "min_languages": min_languages, "max_length": max_length,
                               "eval_max_length": eval_max_length}.items() if v is not None}
     if cal:
         changes["calibration"] = dataclasses.replace(spec.calibration, **cal)
@@ -198,6 +198,8 @@ def _coerce(raw: str):
 @click.option("--calib-per-lang", type=click.IntRange(min=1), default=None, help="Calibration texts per language.")
 @click.option("--eval-per-lang", type=click.IntRange(min=2), default=None, help="Held-out evaluation texts per language.")
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Split seed.")
+@click.option("--min-languages", type=click.IntRange(min=1), default=None,
+              help="Refuse corpora with fewer languages [default: 2; unlabelled .txt corpora are split as one].")
 @click.option("--max-length", type=click.IntRange(min=8), default=None,
               help="Token truncation of calibration texts (artifacts always serve at the model's own maximum).")
 @click.option("--eval-max-length", type=click.IntRange(min=8), default=None,
@@ -213,14 +215,15 @@ def _coerce(raw: str):
 @click.option("--junit", type=click.Path(dir_okay=False), default=None,
               help="Write a JUnit XML file: one case per (artifact, gate).")
 def build(spec_file, model, trust_remote_code, allow_pickle, target, precision, calib, calib_per_lang, eval_per_lang,
-          seed, max_length, eval_max_length, option, gate, out, force, dry_run, bench, threads, as_json, junit) -> None:
+          seed, min_languages, max_length, eval_max_length, option, gate, out, force, dry_run, bench, threads, as_json,
+          junit) -> None:
     """Export, calibrate, compile every (target, precision), check parity, report."""
     import dataclasses
 
     from .errors import ParityGateError
 
     spec = _spec_from_cli(spec_file, model, target, precision, calib, calib_per_lang, eval_per_lang, seed,
-                          max_length, eval_max_length, option, gate, out, bench, threads)
+                          min_languages, max_length, eval_max_length, option, gate, out, bench, threads)
     if trust_remote_code or allow_pickle:
         spec = dataclasses.replace(spec, model=dataclasses.replace(
             spec.model, trust_remote_code=trust_remote_code or spec.model.trust_remote_code,

@@ -39,7 +39,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from ..errors import CorpusError, UsageError
-from .corpus import KINDS, Sample
+from .corpus import KINDS, UNDETERMINED, Sample
 
 DEFAULT_CALIB_PER_LANG = 8
 DEFAULT_EVAL_PER_LANG = 16
@@ -183,12 +183,14 @@ def make_splits(samples: Sequence[Sample], *, calib_per_lang: int = DEFAULT_CALI
     for s in samples:
         by_lang.setdefault(s.lang, []).append(s)
     languages = tuple(sorted(by_lang))
-    if len(languages) < min_languages:
+    # A corpus whose languages are not labelled (a .txt file: "und") cannot be stratified
+    # by language; it is split as one pool rather than refused, and reported as "und".
+    if len(languages) < min_languages and languages != (UNDETERMINED,):
         raise CorpusError(
             f"the corpus has {len(languages)} language(s) ({', '.join(languages)}) but "
             f"language-stratified splits need at least {min_languages}",
-            "pass --calib-languages-min 1 to accept it, or a multi-language corpus "
-            "(the default corpus has 38 languages; in .jsonl give each line a 'lang')")
+            "pass --min-languages 1 (spec: calibration.min_languages = 1) to accept it, or a multi-language "
+            "corpus (the default corpus has 38 languages; in .jsonl give each line a 'lang')")
 
     quota = calib_per_lang + eval_per_lang
     plans: dict[str, tuple[dict[str, _Pool], int, int, int]] = {}

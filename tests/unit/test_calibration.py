@@ -225,14 +225,23 @@ def test_overlap_check_raises():
 
 
 def test_one_language_corpus_needs_opt_in(tmp_path):
-    path = tmp_path / "c.txt"
-    path.write_text("\n".join(f"This is test sentence number {i} here." for i in range(30)))
+    path = tmp_path / "c.jsonl"
+    path.write_text("\n".join(json.dumps({"text": f"This is test sentence number {i} here.", "lang": "eng"})
+                              for i in range(30)))
     samples = load_corpus(path)
     with pytest.raises(CorpusError, match="1 language") as err:
         make_splits(samples, calib_per_lang=4, eval_per_lang=4, seed=0)
-    assert "--calib-languages-min 1" in err.value.hint
+    assert "--min-languages 1" in err.value.hint  # a flag that exists
     sp = make_splits(samples, calib_per_lang=4, eval_per_lang=4, seed=0, min_languages=1)
     assert len(sp.calibration) == 4 and len(sp.evaluation) == 4
+
+
+def test_plain_txt_corpus_is_split_as_one_unlabelled_pool(tmp_path):
+    """A .txt corpus (a documented format) has no language labels: it is split, not refused."""
+    path = tmp_path / "c.txt"
+    path.write_text("\n".join(f"This is test sentence number {i} here." for i in range(30)))
+    sp = make_splits(load_corpus(path), calib_per_lang=4, eval_per_lang=4, seed=0)
+    assert sp.languages == ("und",) and len(sp.calibration) == 4 and len(sp.evaluation) == 4
 
 
 def test_bad_split_sizes():
