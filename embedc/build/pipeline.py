@@ -19,7 +19,7 @@ import numpy as np
 from ..artifact import file_inventory, read_meta, write_meta
 from ..errors import EmbedcError, ParityGateError
 from ..fsutil import check_output_location, staged_dir
-from ..models import load_tokenizer, load_torch_model, resolve_model
+from ..models import load_tokenizer, load_torch_model, resolve_model, save_tokenizer
 from ..models.cache import cache_root
 from ..models.source import ModelSource
 from ..spec import BuildSpec
@@ -232,7 +232,7 @@ def build(spec: BuildSpec, *, force: bool = False, cache_dir: Path | None = None
                         finally:
                             shutil.rmtree(work, ignore_errors=True)
                         compile_s = time.perf_counter() - t0
-                        tokenizer.save_pretrained(str(tmp))
+                        save_tokenizer(tokenizer, tmp)
                         meta = _artifact_meta(b.source, ref_meta, target, precision, res, summary, style,
                                               length_stats, max_len, compile_s)
                         meta["calibration_spec"] = dataclasses.asdict(spec.calibration)

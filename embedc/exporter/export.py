@@ -14,7 +14,7 @@ from pathlib import Path
 from ..artifact import file_inventory, write_meta
 from ..errors import ExportError, UsageError
 from ..fsutil import check_output_location, staged_dir
-from ..models import check_architecture, load_tokenizer, load_torch_model
+from ..models import check_architecture, load_tokenizer, load_torch_model, save_tokenizer
 from ..models.source import ModelSource
 from ..versions import library_versions
 from ..bench.memory import peak_rss_bytes
@@ -70,7 +70,7 @@ def export_reference(source: ModelSource, out: Path, *, opset: int = 18, force: 
                                    query_prefix=source.query_prefix, passage_prefix=source.passage_prefix,
                                    max_length=max_len, gate=gate)
         validation["seconds"] = round(time.perf_counter() - t0, 2)
-        tokenizer.save_pretrained(str(tmp))
+        save_tokenizer(tokenizer, tmp)
         hidden = int(config.get("hidden_size", 0))
         meta = {
             "stage": "reference-export",

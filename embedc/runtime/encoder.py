@@ -15,13 +15,13 @@ from ..errors import UsageError
 
 class Encoder:
     def __init__(self, artifact_dir: str | Path, *, threads: int | None = None, verify: bool = True):
-        from transformers import AutoTokenizer
+        from ..models import load_tokenizer
 
         self.path = Path(artifact_dir)
         self.meta = read_meta(self.path)
         if verify:
             verify_files(self.path, self.meta)
-        self.tokenizer = AutoTokenizer.from_pretrained(str(self.path), use_fast=True)
+        self.tokenizer = load_tokenizer(self.path)
         self._runner = _backend_for(self.meta).load(self.path, self.meta, threads=threads)
         self.input_names = [i["name"] for i in self.meta["inputs"]]
         self.max_length = int(self.meta.get("parity_max_length") or self.meta["max_length"])
