@@ -126,8 +126,9 @@ def test_loads_with_transformers(rebuilt):
     model, info = AutoModel.from_pretrained(rebuilt, attn_implementation="eager",
                                             output_loading_info=True)
     assert type(model).__name__ == "BertModel"
-    assert info["missing_keys"] == [] and info["unexpected_keys"] == []
-    assert info["mismatched_keys"] == []
+    # lists on transformers 4.x, sets on 5.x
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert not info["mismatched_keys"]
     assert model.embeddings.word_embeddings.weight.shape == (250037, 384)
 
 
