@@ -37,13 +37,14 @@ def _artifact_subject(path: str, threads: int):
 def _onnx_file_subject(path: str, threads: int, tokenizer_dir: str):
     """A plain ONNX file with a token_embeddings/last_hidden_state output (e.g. sentence-transformers' export)."""
     import onnxruntime as ort
-    from transformers import AutoTokenizer
+
+    from ..models import load_tokenizer
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
     names = [i.name for i in sess.get_inputs()]
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tok = load_tokenizer(tokenizer_dir)
 
     def embed(feeds):
         hidden = sess.run(None, {n: feeds[n] for n in names})[0]

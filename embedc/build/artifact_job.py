@@ -115,7 +115,7 @@ def _compile_and_judge(job: ArtifactJob, out: Path) -> None:
     files, and embedc.json with the parity numbers (build-neutral: gates,
     corpus paths and other per-build facts go into the build's copy only)."""
     from ..artifact import file_inventory, write_meta
-    from ..models import load_tokenizer
+    from ..models import load_tokenizer, save_tokenizer
     from ..parity import compute_parity
     from ..parity.harness import embed_texts
     from ..parity.lengths import parity_by_length
@@ -136,7 +136,7 @@ def _compile_and_judge(job: ArtifactJob, out: Path) -> None:
         shutil.rmtree(work, ignore_errors=True)
     compile_s = time.perf_counter() - t0
     tokenizer = load_tokenizer(_with_path(job.source, job.export_dir))
-    tokenizer.save_pretrained(str(out))
+    save_tokenizer(tokenizer, out)
     meta = _artifact_meta(job, res, compile_s, library_versions())
     meta["sentence_transformers"] = write_st_files(out, meta, Path(job.source_dir))
     runner = backend.load(out, meta)

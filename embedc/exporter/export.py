@@ -18,7 +18,7 @@ from ..bench.memory import peak_rss_bytes
 from ..errors import ExportError, UsageError
 from ..families import resolve_family
 from ..fsutil import check_output_location, staged_dir
-from ..models import load_tokenizer
+from ..models import load_tokenizer, save_tokenizer
 from ..models.source import ModelSource
 from ..versions import library_versions
 from .validate import ValidationGate, validate_onnx
@@ -69,7 +69,7 @@ def export_reference(source: ModelSource, out: Path, *, opset: int = 18, force: 
                                    query_prefix=source.query_prefix, passage_prefix=source.passage_prefix,
                                    max_length=adapter.max_length, gate=gate)
         validation["seconds"] = round(time.perf_counter() - t0, 2)
-        tokenizer.save_pretrained(str(tmp))
+        save_tokenizer(tokenizer, tmp)
         fmt = {"pooling": adapter.pooling.mode, "final_norm": adapter.final_norm}
         meta = {
             "stage": "reference-export",

