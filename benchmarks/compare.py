@@ -3,6 +3,12 @@ dynamic-INT8 ONNX export, in one run on this machine.
 
     .venv/bin/python benchmarks/compare.py artifacts/multilingual-e5-small [--st-config avx2] [--out FILE.md]
 
+sentence-transformers' export (``backend="onnx"`` + ``export_dynamic_quantized_onnx_model``)
+needs optimum-onnx, which does not import on transformers 5 (huggingface/optimum-onnx#114):
+that step, and its embedding of the evaluation split, run in a subprocess of
+``--st-python`` (default: the legacy-lock venv ``.venv-legacy/bin/python`` if it exists, made
+by the README's test command). Everything else (torch reference, parity, speed) runs here.
+
 Parity of every artifact comes from its build (same torch reference, same
 held-out evaluation split); the sentence-transformers export is judged here on
 that same split. Speed: batch-1 query latency (median, p95) and batch-32
@@ -13,12 +19,16 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+LEGACY_PYTHON = REPO / ".venv-legacy" / "bin" / "python"
 
 
 def st_export(model_dir: Path, work: Path, config: str) -> tuple[Path, float]:
@@ -42,22 +52,46 @@ def st_quantized_file(st_dir: Path, config: str) -> Path:
     return found[0]
 
 
-def st_parity(st_dir: Path, config: str, artifact: Path):
-    """Embed the artifact's evaluation split with the sentence-transformers export, judge vs torch FP32."""
+def st_embed(st_dir: Path, config: str, texts: list[str], max_length: int) -> np.ndarray:
+    """The evaluation texts embedded by sentence-transformers running its quantized export."""
     from sentence_transformers import SentenceTransformer
 
+    model = SentenceTransformer(str(st_dir), backend="onnx", device="cpu",
+                                model_kwargs={"file_name": st_quantized_file(st_dir, config).relative_to(st_dir).as_posix()})
+    model.max_seq_length = max_length
+    return np.asarray(model.encode(texts, batch_size=16, normalize_embeddings=True, convert_to_numpy=True))
+
+
+def st_worker(args: list[str]) -> None:
+    """In the sentence-transformers venv: export, quantize and embed; print what was made."""
+    ap = argparse.ArgumentParser()
+    for name in ("--model-dir", "--work", "--config", "--texts", "--max-length", "--embeddings"):
+        ap.add_argument(name, required=True)
+    a = ap.parse_args(args)
+    st_dir, seconds = st_export(Path(a.model_dir), Path(a.work), a.config)
+    texts = json.loads(Path(a.texts).read_text(encoding="utf-8"))
+    np.save(a.embeddings, st_embed(st_dir, a.config, texts, int(a.max_length)))
+    print(json.dumps({"st_dir": str(st_dir), "file": str(st_quantized_file(st_dir, a.config)), "seconds": seconds}))
+
+
+def st_baseline(st_python: Path, model_dir: Path, work: Path, config: str, artifact: Path):
+    """(export info, parity of sentence-transformers' INT8 export vs torch FP32 on the artifact's evaluation split)."""
     from embedc.artifact import read_meta
     from embedc.parity import compute_parity
     from embedc.parity.recheck import _reference_for_artifact
 
     meta = read_meta(artifact)
     samples, texts, reference = _reference_for_artifact(artifact, meta)
-    model = SentenceTransformer(str(st_dir), backend="onnx", device="cpu",
-                                model_kwargs={"file_name": st_quantized_file(st_dir, config).relative_to(st_dir).as_posix()})
-    model.max_seq_length = meta["parity_max_length"]
-    emb = model.encode(texts, batch_size=16, normalize_embeddings=True, convert_to_numpy=True)
-    return compute_parity(reference, np.asarray(emb), ids=[s.id for s in samples], langs=[s.lang for s in samples],
-                          kinds=[s.kind for s in samples])
+    (work / "texts.json").write_text(json.dumps(texts), encoding="utf-8")
+    done = subprocess.run([str(st_python), str(Path(__file__).resolve()), "--st-worker", "--model-dir", str(model_dir),
+                           "--work", str(work), "--config", config, "--texts", str(work / "texts.json"),
+                           "--max-length", str(meta["parity_max_length"]), "--embeddings", str(work / "st.npy")],
+                          check=True, capture_output=True, text=True, cwd=REPO)
+    info = json.loads(done.stdout.strip().splitlines()[-1])
+    emb = np.load(work / "st.npy")
+    parity = compute_parity(reference, emb, ids=[s.id for s in samples], langs=[s.lang for s in samples],
+                            kinds=[s.kind for s in samples])
+    return info, parity
 
 
 def _parity_row(p: dict) -> dict:
@@ -75,6 +109,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", type=Path, default=None, help="also write the markdown table here")
+    ap.add_argument("--st-python", type=Path, default=LEGACY_PYTHON if LEGACY_PYTHON.is_file() else Path(sys.executable),
+                    help="python of a venv where sentence-transformers' ONNX backend imports (the legacy lock)")
     args = ap.parse_args()
 
     from embedc.artifact import read_meta
@@ -86,9 +122,9 @@ def main() -> None:
             if a["status"] == "pass" and read_meta(args.build / a["path"]).get("device") == "cpu"]
     model_dir = Path(manifest["model"]["path"])
     with tempfile.TemporaryDirectory() as tmp:
-        st_dir, st_s = st_export(model_dir, Path(tmp), args.st_config)
-        st_file = st_quantized_file(st_dir, args.st_config)
-        st_par = st_parity(st_dir, args.st_config, arts[0]).to_dict()
+        info, st_par = st_baseline(args.st_python, model_dir, Path(tmp), args.st_config, arts[0])
+        st_dir, st_file, st_s = Path(info["st_dir"]), Path(info["file"]), info["seconds"]
+        st_par = st_par.to_dict()
         bench = run_bench(arts, model=str(model_dir), threads=args.threads, repeats=args.repeats, extra=[
             {"name": f"sentence-transformers int8 ({args.st_config})", "kind": "onnx-file", "path": str(st_file),
              "tokenizer": str(st_dir), "size_mb": st_file.stat().st_size / 1e6}])
@@ -114,4 +150,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(st_worker(sys.argv[2:]) if sys.argv[1:2] == ["--st-worker"] else main())

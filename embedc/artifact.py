@@ -47,6 +47,9 @@ def read_meta(folder: Path) -> dict:
         meta = read_json(path)
     except (OSError, ValueError) as exc:
         raise ArtifactError(f"{path} is unreadable or not JSON", "rebuild the artifact") from exc
+    if not isinstance(meta, dict):
+        raise ArtifactError(f"{path} is a JSON {type(meta).__name__}, not an artifact description",
+                            "rebuild the artifact with 'embedc build'")
     if meta.get("format") != FORMAT:
         raise ArtifactError(f"{path} has format {meta.get('format')!r}, expected {FORMAT!r}",
                             "rebuild the artifact with this embedc version")

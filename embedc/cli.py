@@ -21,6 +21,9 @@ class _Group(click.Group):
         except EmbedcError as exc:
             click.secho(f"error: {exc}", fg="red", err=True)
             ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.secho("interrupted: nothing was replaced (earlier results are intact)", fg="red", err=True)
+            ctx.exit(130)
 
 
 def _setup_logging(quiet: bool, verbose: bool) -> None:
@@ -133,8 +136,8 @@ def _parse_gate_options(values: tuple[str, ...]) -> dict:
     return {k: ",".join(v) for k, v in out.items()}
 
 
-def _spec_from_cli(spec_file, model, target, precision, calib, calib_per_lang, eval_per_lang, seed, max_length,
-                   option, gate, out, bench, threads):
+def _spec_from_cli(spec_file, model, target, precision, calib, calib_per_lang, eval_per_lang, seed, min_languages,
+                   max_length, eval_max_length, option, gate, out, bench, threads):
     import dataclasses
 
     from .spec import BuildSpec, MatrixEntry, load_spec_file, validate
@@ -144,7 +147,8 @@ def _spec_from_cli(spec_file, model, target, precision, calib, calib_per_lang, e
     if model:
         changes["model"] = dataclasses.replace(spec.model, name=model)
     cal = {k: v for k, v in {"corpus": calib, "calib_per_lang": calib_per_lang, "eval_per_lang": eval_per_lang,
-                              "seed": seed, "max_length": max_length}.items() if v is not None}
+                              "seed": seed, "min_languages": min_languages, "max_length": max_length,
+                              "eval_max_length": eval_max_length}.items() if v is not None}
     if cal:
         changes["calibration"] = dataclasses.replace(spec.calibration, **cal)
     if target or precision:
@@ -157,7 +161,7 @@ def _spec_from_cli(spec_file, model, target, precision, calib, calib_per_lang, e
         opts = _parse_options(option)
         changes["matrix"] = tuple(dataclasses.replace(m, options={**m.options, **opts}) for m in spec.matrix)
     if gate:
-        changes["gates"] = {**spec.gates, **_parse_gate_options(gate)}
+        changes["run_gates"] = _parse_gate_options(gate)
     if out:
         changes["out"] = out
     if bench or threads:
@@ -190,29 +194,36 @@ def _coerce(raw: str):
 @_model_options
 @click.option("-t", "--target", multiple=True, help="Target (repeatable; see 'embedc targets').")
 @click.option("-p", "--precision", multiple=True, help="Precision (repeatable): fp32, fp16, int8-dynamic, int8-static, int8-weights, int8, int4.")
-@click.option("--calib", default=None, help="Calibration corpus: 'default' (37 languages), .txt, .jsonl or folder.")
-@click.option("--calib-per-lang", type=int, default=None, help="Calibration texts per language.")
-@click.option("--eval-per-lang", type=int, default=None, help="Held-out evaluation texts per language.")
-@click.option("--seed", type=int, default=None, help="Split seed.")
-@click.option("--max-length", type=int, default=None, help="Token truncation for calibration and parity texts.")
+@click.option("--calib", default=None, help="Calibration corpus: 'default' (38 languages), .txt, .jsonl or folder.")
+@click.option("--calib-per-lang", type=click.IntRange(min=1), default=None, help="Calibration texts per language.")
+@click.option("--eval-per-lang", type=click.IntRange(min=2), default=None, help="Held-out evaluation texts per language.")
+@click.option("--seed", type=click.IntRange(min=0), default=None, help="Split seed.")
+@click.option("--min-languages", type=click.IntRange(min=1), default=None,
+              help="Refuse corpora with fewer languages [default: 2; unlabelled .txt corpora are split as one].")
+@click.option("--max-length", type=click.IntRange(min=8), default=None,
+              help="Token truncation of calibration texts (artifacts always serve at the model's own maximum).")
+@click.option("--eval-max-length", type=click.IntRange(min=8), default=None,
+              help="Token truncation of evaluation texts [default: the model's maximum, at most 2048].")
 @click.option("--option", "option", multiple=True, metavar="PREC.NAME=VALUE", help="Backend option, e.g. int4.block_size=32.")
 @click.option("--gate", multiple=True, metavar="[PREC:]GATES", help="Parity gates, e.g. 'int8:mean>=0.995,min>=0.98'.")
 @click.option("-o", "--out", default=None, help="Build folder [default: artifacts/<model>].")
 @click.option("--force", is_flag=True, help="Replace an existing build folder (only after the new build is complete).")
 @click.option("--dry-run", is_flag=True, help="Print the resolved spec and plan; run nothing.")
 @click.option("--bench", is_flag=True, help="Benchmark every artifact against torch FP32 after the build.")
-@click.option("--threads", type=int, default=None, help="Threads for benchmarks.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Threads for benchmarks.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
-@click.option("--junit", type=click.Path(), default=None, help="Write a JUnit XML file: one case per (artifact, gate).")
+@click.option("--junit", type=click.Path(dir_okay=False), default=None,
+              help="Write a JUnit XML file: one case per (artifact, gate).")
 def build(spec_file, model, trust_remote_code, allow_pickle, target, precision, calib, calib_per_lang, eval_per_lang,
-          seed, max_length, option, gate, out, force, dry_run, bench, threads, as_json, junit) -> None:
+          seed, min_languages, max_length, eval_max_length, option, gate, out, force, dry_run, bench, threads, as_json,
+          junit) -> None:
     """Export, calibrate, compile every (target, precision), check parity, report."""
     import dataclasses
 
     from .errors import ParityGateError
 
     spec = _spec_from_cli(spec_file, model, target, precision, calib, calib_per_lang, eval_per_lang, seed,
-                          max_length, option, gate, out, bench, threads)
+                          min_languages, max_length, eval_max_length, option, gate, out, bench, threads)
     if trust_remote_code or allow_pickle:
         spec = dataclasses.replace(spec, model=dataclasses.replace(
             spec.model, trust_remote_code=trust_remote_code or spec.model.trust_remote_code,
@@ -274,27 +285,21 @@ def _print_build(result, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("artifacts", nargs=-1, required=True, type=click.Path())
-@click.option("--gate", multiple=True, metavar="[PREC:]GATES", help="Override gates, e.g. 'int8:mean>=0.995'.")
-@click.option("--threads", type=int, default=None, help="Inference threads.")
+@click.option("--gate", multiple=True, metavar="[PREC:]GATES",
+              help="Override the gates stored in the artifact, e.g. 'int8:mean>=0.995'.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Inference threads.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def parity(artifacts, gate, threads, as_json) -> None:
     """Re-check built artifacts against the torch FP32 reference (exit 3 on a failed gate)."""
     from .errors import ParityGateError
-    from .parity import parse_gates, precision_family, render_table
+    from .parity import render_table
     from .parity.recheck import recheck_artifact
 
-    gates = _parse_gate_options(gate)
+    gate_table = _parse_gate_options(gate)
     failed, rows = [], []
     for path in artifacts:
-        from .artifact import read_meta
-
-        prec = read_meta(path)["precision"]
-        overrides = []
-        for key in ("*", precision_family(prec), prec):
-            if key in gates:
-                overrides.extend(parse_gates(gates[key]))
-        meta, result, outcomes = recheck_artifact(path, overrides=list({g.metric: g for g in overrides}.values()),
-                                                  threads=threads)
+        meta, result, outcomes = recheck_artifact(path, gate_table=gate_table, threads=threads)
+        prec = meta["precision"]
         ok = all(not o.failed for o in outcomes)
         rows.append({"artifact": str(path), "passed": ok, "mean": result.mean, "min": result.min,
                      "gates": [o.to_dict() for o in outcomes]})
@@ -312,9 +317,9 @@ def parity(artifacts, gate, threads, as_json) -> None:
 @cli.command()
 @click.argument("artifacts", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--model", default=None, help="Torch FP32 baseline model [default: the artifacts' model].")
-@click.option("--threads", type=int, default=None, help="Threads for every subject [default: all cores].")
-@click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--repeats", type=int, default=5, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Threads for every subject [default: all cores].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def bench(artifacts, model, threads, batch_size, repeats, as_json) -> None:
     """Benchmark artifacts side by side with the torch FP32 baseline (latency, throughput, memory, size)."""

@@ -6,11 +6,15 @@ Spec file layout (every key optional except what a build needs)::
     out = "artifacts/e5-small"
     [model]        name, trust_remote_code, allow_pickle, query_prefix, passage_prefix, instruct_task
     [export]       opset
-    [calibration]  corpus ("default" or a path), calib_per_lang, eval_per_lang, seed, min_languages, max_length
+    [calibration]  corpus ("default" or a path), calib_per_lang, eval_per_lang, long_per_lang, seed,
+                   min_languages, max_length (calibration texts), eval_max_length (evaluation texts)
     [[matrix]]     target = "ort-cpu-avx2", precisions = ["fp32", "int8-static"], options = {int8-static = {...}}
-    [gates]        int8 = "mean>=0.995,min>=0.98"   (precision or family -> gates)
+    [gates]        int8 = "mean>=0.995,min>=0.98"   ("*", a family or a precision -> gates)
     [gates.models."all-minilm-l6-v2"]  int8 = "mean>=0.99"   (only when that model is built)
     [bench]        enabled, threads, batch_size, repeats
+
+Artifacts always serve at the model's own maximum length; the two length
+settings only bound the texts that calibrate and judge them.
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import SpecError
+from .errors import SpecError, UsageError
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,15 @@ class CalibrationSpec:
     eval_per_lang: int = 16     # 608 texts: per-language means over 16, 8 queries vs 8 passages each
     seed: int = 0
     min_languages: int = 2
-    max_length: int = 256       # truncation for calibration and parity texts
+    max_length: int = 256       # truncation of calibration texts (static ranges settle on shorter texts)
+    # truncation of evaluation texts; None: the model's own maximum, capped at EVAL_LENGTH_CAP
+    eval_max_length: int | None = None
+    long_per_lang: int = 2      # evaluation-only long passages per language (inputs up to the model's maximum)
+
+
+# Parity runs on 2 CPU cores: long-context decoders (8K-32K positions) are judged up to
+# this many tokens unless eval_max_length says otherwise; reports show the judged lengths.
+EVAL_LENGTH_CAP = 2048
 
 
 @dataclass(frozen=True)
@@ -69,8 +81,9 @@ class BuildSpec:
     export: ExportSpec = ExportSpec()
     calibration: CalibrationSpec = CalibrationSpec()
     matrix: tuple[MatrixEntry, ...] = (MatrixEntry("ort-cpu-avx2", ("fp32", "int8-dynamic", "int8-static", "int4")),)
-    gates: dict = field(default_factory=dict)          # precision/family -> "metric>=x,..."
-    model_gates: dict = field(default_factory=dict)    # model name -> {precision/family -> gates}
+    gates: dict = field(default_factory=dict)          # "*"/family/precision -> "metric>=x,..."
+    model_gates: dict = field(default_factory=dict)    # model name -> {"*"/family/precision -> gates}
+    run_gates: dict = field(default_factory=dict)      # --gate on the command line, same shape as gates
     bench: BenchSpec = BenchSpec()
     out: str | None = None
 
@@ -78,10 +91,21 @@ class BuildSpec:
         return [(m.target, p) for m in self.matrix for p in m.precisions]
 
     def options_for(self, target: str, precision: str) -> dict:
+        """The options of the matrix entry that lists this (target, precision)."""
         for m in self.matrix:
-            if m.target == target:
+            if m.target == target and precision in m.precisions:
                 return dict(m.options.get(precision, {}))
         return {}
+
+    def gate_layers(self, model_names) -> list[tuple[str, dict]]:
+        """The gate tables for ``parity.resolve_gates``, lowest precedence first."""
+        layers = [("spec [gates]", self.gates)]
+        for name in model_names:
+            if name in self.model_gates:
+                layers.append((f'spec [gates.models."{name}"]', self.model_gates[name]))
+                break
+        layers.append(("--gate", self.run_gates))
+        return layers
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -195,29 +219,56 @@ def _gate_value(value, where, parse_gates) -> str:
 
 
 def validate(spec: BuildSpec) -> BuildSpec:
-    """Checks that need the registries: targets, precisions, option names."""
-    from .parity.gates import precision_family
-    from .targets.registry import check_precision, get_target
+    """Checks that need the registries, run before any work: targets,
+    precisions, every backend option (names and values), gate keys."""
+    from .targets.registry import check_precision, get_backend, get_target
 
     seen = set()
-    for target, precision in spec.pairs():
-        t = get_target(target)
-        check_precision(t, precision)
-        if (target, precision) in seen:
-            raise SpecError(f"({target}, {precision}) appears twice in the matrix", "list each pair once")
-        seen.add((target, precision))
-    for key in spec.gates:
-        try:
-            precision_family(key)
-        except Exception:
-            if key not in ("fp32", "fp16", "int8", "int4"):
-                raise SpecError(f"spec key 'gates.{key}' is not a precision or family", "use e.g. int8 or int8-static")
+    for i, m in enumerate(spec.matrix):
+        t = get_target(m.target)
+        for precision in m.precisions:
+            check_precision(t, precision)
+            if (m.target, precision) in seen:
+                raise SpecError(f"({m.target}, {precision}) appears twice in the matrix", "list each pair once")
+            seen.add((m.target, precision))
+            get_backend(t).resolve_options(t, precision, dict(m.options.get(precision, {})))
+        stray = sorted(set(m.options) - set(m.precisions))
+        if stray:
+            raise SpecError(f"matrix[{i}] ({m.target}) has options for {stray[0]!r}, which it does not build",
+                            f"add {stray[0]!r} to its precisions or remove those options")
+    _check_gate_keys(spec.gates, "gates")
+    _check_gate_keys(spec.run_gates, "--gate")
+    for model, table in spec.model_gates.items():
+        _check_gate_keys(table, f'gates.models."{model}"')
     c = spec.calibration
     if c.calib_per_lang < 1 or c.eval_per_lang < 2:
         raise SpecError("calibration sizes too small", "calib_per_lang >= 1 and eval_per_lang >= 2")
     if c.max_length < 8:
         raise SpecError(f"spec key 'calibration.max_length' is {c.max_length}", "use at least 8 tokens")
+    if c.eval_max_length is not None and c.eval_max_length < 8:
+        raise SpecError(f"spec key 'calibration.eval_max_length' is {c.eval_max_length}", "use at least 8 tokens")
+    b = spec.bench
+    if b.batch_size < 1 or b.repeats < 1 or (b.threads is not None and b.threads < 1):
+        raise SpecError("bench.batch_size, bench.repeats and bench.threads must be at least 1",
+                        "e.g. batch_size = 32, repeats = 5")
     return spec
+
+
+def _check_gate_keys(table: dict, where: str) -> None:
+    """Gate keys are "*", a precision family or a precision; thresholds parse."""
+    from .parity.gates import parse_gates, precision_family
+
+    for key, value in table.items():
+        if key != "*":
+            try:
+                precision_family(key)
+            except UsageError:
+                raise SpecError(f"'{where}' key {key!r} is not a precision or family",
+                                'use "*", a family (fp32, fp16, int8, int4) or a precision like int8-static') from None
+        try:
+            parse_gates(value)
+        except UsageError as exc:
+            raise SpecError(f"'{where}.{key}': {exc.message}", exc.hint) from None
 
 
 def load_spec_file(path: Path) -> BuildSpec:
@@ -226,6 +277,10 @@ def load_spec_file(path: Path) -> BuildSpec:
         raise SpecError(f"spec file {path} does not exist", "pass an existing TOML file to --spec")
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"spec file {path} is not UTF-8 (byte {exc.start})", "save it as UTF-8") from exc
+    except OSError as exc:
+        raise SpecError(f"cannot read spec file {path}: {exc.strerror}", "check its permissions") from exc
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(f"spec file {path} is not valid TOML: {exc}", "fix the syntax") from exc
     return spec_from_dict(data)

@@ -40,10 +40,14 @@ def _run(args: list[str], texts_file: str, threads: int, batch_size: int, repeat
 
 
 def _size_mb(folder: Path) -> float:
+    """The model files' size, as the backend names them (recorded at build time)."""
     meta = read_meta(folder)
-    model_files = [f for f in meta.get("files", []) if f["path"].startswith(("model", "openvino", "bucket"))
-                   or f["path"].endswith((".onnx", ".data", ".xml", ".bin"))]
-    return sum(f["bytes"] for f in model_files) / 1e6
+    if "model_bytes" in meta:
+        return meta["model_bytes"] / 1e6
+    from ..targets.registry import get_backend
+
+    backend = get_backend("ort" if meta.get("stage") == "reference-export" else meta["backend"])
+    return sum((Path(folder) / f).stat().st_size for f in backend.model_files(Path(folder), meta)) / 1e6
 
 
 def run_bench(artifacts: list[Path], *, model: str | None = None, threads: int | None = None,
@@ -54,10 +58,14 @@ def run_bench(artifacts: list[Path], *, model: str | None = None, threads: int |
     threads = threads or os.cpu_count() or 1
     if model is None:
         model = read_meta(artifacts[0])["model"]["path"] if artifacts else None
-    prompt = read_meta(artifacts[0]).get("prefixes", {}) if artifacts else {}
+    from ..calibration import PromptStyle
+
+    meta = read_meta(artifacts[0]) if artifacts else {}
+    style = PromptStyle(**meta["prompt_style"]) if meta.get("prompt_style") else PromptStyle(
+        *(meta.get("prefixes", {}).get(k, "") for k in ("query", "passage")))
     texts = bench_texts()
-    payload = {"queries": [prompt.get("query", "") + s.text for s in texts["queries"]],
-               "passages": [prompt.get("passage", "") + s.text for s in texts["passages"]]}
+    payload = {"queries": [style.apply(s) for s in texts["queries"]],
+               "passages": [style.apply(s) for s in texts["passages"]]}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tf = str(Path(tmp) / "texts.json")

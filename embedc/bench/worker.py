@@ -18,13 +18,13 @@ def _torch_subject(path: str, threads: int):
 
     torch.set_num_threads(threads)
     from ..exporter.wrapper import torch_embed
-    from ..models import load_tokenizer, load_torch_model, resolve_model
+    from ..families import load_embedder
+    from ..models import resolve_model
 
-    src = resolve_model(path)
-    model, tok = load_torch_model(src), load_tokenizer(src)
+    embedder, tok, adapter = load_embedder(resolve_model(path))
     # Seeded random presets have no weight file on disk; their size is what the weights hold.
-    _EXTRA["weights_mb"] = sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 1e6
-    return (lambda feeds: torch_embed(model, feeds)), tok, ["input_ids", "attention_mask"]
+    _EXTRA["weights_mb"] = sum(t.numel() * t.element_size() for t in embedder.state_dict().values()) / 1e6
+    return (lambda feeds: torch_embed(embedder, feeds)), tok, list(adapter.input_names)
 
 
 def _artifact_subject(path: str, threads: int):
@@ -37,13 +37,14 @@ def _artifact_subject(path: str, threads: int):
 def _onnx_file_subject(path: str, threads: int, tokenizer_dir: str):
     """A plain ONNX file with a token_embeddings/last_hidden_state output (e.g. sentence-transformers' export)."""
     import onnxruntime as ort
-    from transformers import AutoTokenizer
+
+    from ..models import load_tokenizer
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
     names = [i.name for i in sess.get_inputs()]
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tok = load_tokenizer(tokenizer_dir)
 
     def embed(feeds):
         hidden = sess.run(None, {n: feeds[n] for n in names})[0]
@@ -76,9 +77,10 @@ def main() -> None:
         embed, tok, names = _onnx_file_subject(args.path, args.threads, args.tokenizer)
     load_s = time.perf_counter() - t0
 
+    from ..calibration.feeds import encode_batch
+
     def feeds(batch):
-        enc = tok(batch, padding=True, truncation=True, max_length=args.max_length, return_tensors="np")
-        return {n: enc[n].astype(np.int64) if n in enc else np.zeros_like(enc["input_ids"]) for n in names}
+        return encode_batch(tok, batch, input_names=names, max_length=args.max_length)
 
     queries = [feeds([q]) for q in texts["queries"]]
     for f in queries[:5]:  # warm-up

@@ -16,15 +16,16 @@ def build_manifest(spec, source, ref_meta: dict, split_summary: dict, outcomes, 
                    seconds: float, bench: dict | None = None) -> dict:
     artifacts = []
     for o in outcomes:
-        entry = {"name": o.name, "target": o.target, "precision": o.precision, "status": o.status,
-                 "path": o.path, "cached": o.cached}
+        entry = {"name": o.name, "target": o.target, "backend": _backend_name(o.target), "precision": o.precision,
+                 "status": o.status, "path": o.path, "cached": o.cached}
         if o.error:
             entry["error"] = o.error
         if o.meta:
             p = o.meta.get("parity", {})
             entry.update({
                 "files": o.meta.get("files", []),
-                "bytes": sum(f["bytes"] for f in o.meta.get("files", []) if _is_model_file(f["path"])),
+                "bytes": o.meta.get("model_bytes"),
+                "model_files": o.meta.get("model_files", []),
                 "recipe": o.meta.get("recipe"),
                 "runtime": o.meta.get("runtime"),
                 "unverified": o.meta.get("unverified", []),
@@ -34,12 +35,14 @@ def build_manifest(spec, source, ref_meta: dict, split_summary: dict, outcomes, 
                     "retrieval": {k: (p.get("retrieval") or {}).get(k) for k in ("k", "topk_overlap", "top1_agreement")},
                 },
                 "gates": o.meta.get("gates"),
+                "parity_by_length": o.meta.get("parity_by_length"),
             })
         artifacts.append(entry)
     manifest = {
         "format": "embedc-manifest/1",
         "spec": spec.to_dict(),
         "model": source.to_dict(),
+        "adapter": ref_meta.get("adapter"),
         "random_weights": source.random_weights,
         "reference_export": {"path": "export", "opset": ref_meta.get("opset"),
                              "validation": {k: ref_meta["validation"][k] for k in
@@ -59,6 +62,7 @@ def build_manifest(spec, source, ref_meta: dict, split_summary: dict, outcomes, 
     return manifest
 
 
-def _is_model_file(path: str) -> bool:
-    return not path.startswith(("tokenizer", "special_tokens", "sentencepiece", "vocab")) and \
-        not path.endswith((".txt", ".sh"))
+def _backend_name(target: str) -> str:
+    from ..targets.registry import get_target
+
+    return get_target(target).backend

@@ -1,26 +1,34 @@
-"""--dry-run: the resolved spec and which stages would run or come from cache."""
+"""--dry-run: the resolved spec, the model's family adapter, each pair's
+resolved options and gates, and which stages the cache already holds."""
 from __future__ import annotations
 
 from ..spec import BuildSpec
 
 
-def plan_build(spec: BuildSpec) -> dict:
-    """Cheap plan: resolves the model and targets, reports cache state of the export."""
-    from ..models.cache import cache_root
-    from .pipeline import _Build, default_out
-    from .cache import StageCache
-    from ..targets.registry import get_target
+def plan_build(spec: BuildSpec, *, cache_dir=None) -> dict:
+    """Cheap plan: resolves the model, corpus and targets (no export, no torch model)."""
+    from pathlib import Path
 
-    b = _Build(spec, StageCache(cache_root() / "stages"))
-    export_key = b.export_key()
-    export_cached = b.cache.lookup("export", export_key) is not None
-    stages = [{"stage": "export", "cached": export_cached},
-              {"stage": "calibration+evaluation split", "cached": False, "note": "deterministic, cheap"},
-              {"stage": "reference embeddings", "cached": None, "note": "keyed on the evaluation split"}]
-    for target, precision in spec.pairs():
-        t = get_target(target)
-        stages.append({"stage": f"compile {target}/{precision}", "backend": t.backend, "device": t.device,
-                       "options": spec.options_for(target, precision),
-                       "cached": None if not export_cached else "checked at build time"})
-    return {"spec": spec.to_dict(), "model": b.source.to_dict(),
-            "out": spec.out or str(default_out(b.source)), "plan": stages}
+    from ..models.cache import cache_root
+    from ..parity import gates_to_dict, resolve_gates
+    from ..targets.registry import get_target
+    from . import stages
+    from .cache import StageCache
+    from .pipeline import resolve_pair
+
+    cache = StageCache(Path(cache_dir) if cache_dir else cache_root() / "stages")
+    p = stages.prepare(spec, force=True)  # the output location is checked for real by the build
+    export_cached = cache.lookup("export", stages.export_key(p)) is not None
+    plan = [{"stage": "export", "cached": export_cached},
+            {"stage": "calibration+evaluation split", "cached": False, "note": "deterministic, cheap",
+             "calibration": len(p.splits.calibration), "evaluation": len(p.splits.evaluation)},
+            {"stage": "reference embeddings", "cached": None, "note": "keyed on the evaluation split",
+             "max_length": p.eval_max_length}]
+    for target_name, precision in spec.pairs():
+        t = get_target(target_name)
+        options, facts = resolve_pair(t, precision, spec.options_for(target_name, precision))
+        plan.append({"stage": f"compile {target_name}/{precision}", "backend": t.backend, "device": t.device,
+                     "options": options, "facts": facts,
+                     "gates": gates_to_dict(resolve_gates(precision, spec.gate_layers(p.model_names)))})
+    return {"spec": spec.to_dict(), "model": p.source.to_dict(), "adapter": p.adapter.to_dict(),
+            "out": str(p.out), "plan": plan}

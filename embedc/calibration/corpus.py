@@ -13,6 +13,15 @@ Sources:
 
 Every loader returns samples in a stable order with stable ids
 (``lang:kind:sha1(text)[:12]``) and without duplicates.
+
+Long passages (several consecutive paragraphs, up to and past a 512-token
+model's maximum; see :func:`.segment.long_passages`) are a separate pool that
+:func:`.splits.make_splits` draws for evaluation only:
+:func:`load_default_long_passages` for the default corpus,
+:func:`load_long_passages` for a user corpus. Only documents have paragraphs
+to join, so a folder corpus gets a long pool and a ``.txt`` or ``.jsonl``
+corpus does not: its texts are used exactly as given, long ones as ordinary
+passages in both splits (truncated to the parity max length like any text).
 """
 from __future__ import annotations
 
@@ -25,7 +34,7 @@ from pathlib import Path
 
 from ..errors import CorpusError
 from . import sources
-from .segment import QUERY_MAX_UNITS, segment_text, text_units
+from .segment import QUERY_MAX_UNITS, long_passages, segment_text, text_units
 
 KINDS = ("query", "passage")
 UNDETERMINED = "und"  # ISO 639-3 "undetermined"
@@ -80,10 +89,31 @@ def segment_language(lang: str, texts: Iterable[str]) -> list[Sample]:
     return dedupe(queries + passages)
 
 
+def long_language(lang: str, texts: Iterable[str]) -> list[Sample]:
+    """Long passages of one language's documents, deduplicated."""
+    return dedupe(make_sample(lang, "passage", t) for raw in texts for t in long_passages(raw))
+
+
 @lru_cache(maxsize=None)
 def _default_language(lang: str) -> tuple[Sample, ...]:
     files = sources.language_files(lang)
     return tuple(segment_language(lang, (p.read_text(encoding="utf-8") for p in files)))
+
+
+@lru_cache(maxsize=None)
+def _default_long(lang: str) -> tuple[Sample, ...]:
+    files = sources.language_files(lang)
+    return tuple(long_language(lang, (p.read_text(encoding="utf-8") for p in files)))
+
+
+def _default_wanted(languages: Iterable[str] | None) -> list[str]:
+    available = sources.default_languages()
+    wanted = list(available) if languages is None else list(dict.fromkeys(languages))
+    unknown = [lang for lang in wanted if lang not in available]
+    if unknown:
+        raise CorpusError(f"the default corpus has no language {', '.join(map(repr, unknown))}",
+                          f"choose from: {', '.join(available)}")
+    return wanted
 
 
 def load_default_corpus(languages: Iterable[str] | None = None) -> list[Sample]:
@@ -92,31 +122,46 @@ def load_default_corpus(languages: Iterable[str] | None = None) -> list[Sample]:
     Segmenting all languages takes about a second; results are cached per
     process.
     """
-    available = sources.default_languages()
-    wanted = list(available) if languages is None else list(dict.fromkeys(languages))
-    unknown = [lang for lang in wanted if lang not in available]
-    if unknown:
-        raise CorpusError(f"the default corpus has no language {', '.join(map(repr, unknown))}",
-                          f"choose from: {', '.join(available)}")
-    samples = [s for lang in wanted for s in _default_language(lang)]
+    samples = [s for lang in _default_wanted(languages) for s in _default_language(lang)]
     return _non_empty(samples, "the default corpus")
+
+
+def load_default_long_passages(languages: Iterable[str] | None = None) -> list[Sample]:
+    """The default corpus's long passages (evaluation only; see the module
+    docstring): 33-73 per language, 432 for English."""
+    return [s for lang in _default_wanted(languages) for s in _default_long(lang)]
 
 
 def load_corpus(path: str | Path) -> list[Sample]:
     """Samples from a user corpus: ``.txt``, ``.jsonl`` or a folder."""
-    path = Path(path)
-    if not path.exists():
-        raise CorpusError(f"corpus {path} does not exist", CORPUS_FORMATS_HINT)
+    path = _checked(path)
     if path.is_dir():
         samples = _load_folder(path)
     elif path.suffix.lower() == ".txt":
         samples = _load_txt(path)
-    elif path.suffix.lower() == ".jsonl":
-        samples = _load_jsonl(path)
     else:
+        samples = _load_jsonl(path)
+    return _non_empty(dedupe(samples), f"corpus {path}")
+
+
+def load_long_passages(path: str | Path) -> list[Sample]:
+    """Long passages of a user corpus: built from a folder's documents; none
+    for a ``.txt`` or ``.jsonl`` file (see the module docstring)."""
+    path = _checked(path)
+    if not path.is_dir():
+        return []
+    docs = _folder_documents(path)
+    return [s for lang in sorted(docs) for s in long_language(lang, (_read(f) for f in docs[lang]))]
+
+
+def _checked(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise CorpusError(f"corpus {path} does not exist", CORPUS_FORMATS_HINT)
+    if not path.is_dir() and path.suffix.lower() not in (".txt", ".jsonl"):
         raise CorpusError(f"corpus {path} has an unknown extension {path.suffix or '(none)'!r}",
                           CORPUS_FORMATS_HINT)
-    return _non_empty(dedupe(samples), f"corpus {path}")
+    return path
 
 
 def _non_empty(samples: list[Sample], what: str) -> list[Sample]:
@@ -175,7 +220,8 @@ def _load_jsonl(path: Path) -> list[Sample]:
     return out
 
 
-def _load_folder(path: Path) -> list[Sample]:
+def _folder_documents(path: Path) -> dict[str, list[Path]]:
+    """language -> its files, from ``<lang>.txt`` and ``<lang>/*.txt``."""
     docs: dict[str, list[Path]] = {}
     for f in sorted(path.glob("*.txt")):
         docs.setdefault(f.stem, []).append(f)
@@ -186,6 +232,11 @@ def _load_folder(path: Path) -> list[Sample]:
     if not docs:
         raise CorpusError(f"corpus folder {path} has no <lang>.txt or <lang>/*.txt files",
                           CORPUS_FORMATS_HINT)
+    return docs
+
+
+def _load_folder(path: Path) -> list[Sample]:
+    docs = _folder_documents(path)
     out: list[Sample] = []
     for lang in sorted(docs):
         out += segment_language(lang, (_read(f) for f in docs[lang]))

@@ -37,18 +37,39 @@ def token_lengths(tokenizer, texts: Sequence[str], max_length: int) -> np.ndarra
     return np.array([len(ids) for ids in enc["input_ids"]], dtype=np.int64)
 
 
+def encode_batch(tokenizer, texts: Sequence[str], *, input_names: Sequence[str], max_length: int
+                 ) -> dict[str, np.ndarray]:
+    """One padded batch as ``{name: int64 array (batch, seq)}``: the one feed
+    builder behind calibration, the torch reference, parity, benchmarks and
+    ``embedc.load``, so every consumer sees the same tokens.
+
+    Padding follows the tokenizer's own side (decoder graphs take positions
+    from the mask). ``token_type_ids`` are zeros when the tokenizer does not
+    produce them; ``position_ids`` count the attended tokens (0, 1, ...)."""
+    enc = _encode(tokenizer, texts, max_length, pad=True)
+    ids = np.asarray(enc["input_ids"], dtype=np.int64)
+    mask = np.asarray(enc.get("attention_mask", np.ones_like(ids)), dtype=np.int64)
+    feed: dict[str, np.ndarray] = {}
+    for name in input_names:
+        if name == "input_ids":
+            feed[name] = ids
+        elif name == "attention_mask":
+            feed[name] = mask
+        elif name == "token_type_ids":
+            tt = enc.get("token_type_ids")
+            feed[name] = np.zeros_like(ids) if tt is None else np.asarray(tt, dtype=np.int64)
+        else:  # position_ids
+            feed[name] = np.clip(np.cumsum(mask, axis=1) - 1, 0, None).astype(np.int64)
+    return feed
+
+
 def tokenize_batches(tokenizer, texts: list[str], *, batch_size: int, max_length: int,
                      input_names: list[str], sort_by_length: bool = False
                      ) -> list[dict[str, np.ndarray]]:
-    """Batches of ``{name: int64 array (batch, seq)}`` for ``input_names``.
-
-    Each batch is padded to its longest text and truncated to ``max_length``.
-    ``token_type_ids`` are zeros when the tokenizer does not produce them;
-    ``position_ids`` count the attended tokens (0, 1, ...) so they are right
-    for left and right padding. With ``sort_by_length`` the texts are batched
-    shortest first (less padding; the order of texts changes, so use it for
-    calibration, not where outputs must line up with inputs).
-    """
+    """Batches of :func:`encode_batch` feeds, each padded to its longest text
+    and truncated to ``max_length``. With ``sort_by_length`` the texts are
+    batched shortest first (less padding; the order of texts changes, so use
+    it for calibration, not where outputs must line up with inputs)."""
     _check(texts, max_length, batch_size)
     unknown = [n for n in input_names if n not in SUPPORTED_INPUTS]
     if unknown or not input_names:
@@ -61,26 +82,9 @@ def tokenize_batches(tokenizer, texts: list[str], *, batch_size: int, max_length
     if sort_by_length:
         lengths = token_lengths(tokenizer, texts, max_length)
         order.sort(key=lambda i: (int(lengths[i]), i))
-    batches: list[dict[str, np.ndarray]] = []
-    for start in range(0, len(order), batch_size):
-        chunk = [texts[i] for i in order[start:start + batch_size]]
-        enc = _encode(tokenizer, chunk, max_length, pad=True)
-        ids = np.asarray(enc["input_ids"], dtype=np.int64)
-        mask = np.asarray(enc.get("attention_mask", np.ones_like(ids)), dtype=np.int64)
-        feed: dict[str, np.ndarray] = {}
-        for name in input_names:
-            if name == "input_ids":
-                feed[name] = ids
-            elif name == "attention_mask":
-                feed[name] = mask
-            elif name == "token_type_ids":
-                tt = enc.get("token_type_ids")
-                feed[name] = (np.zeros_like(ids) if tt is None
-                              else np.asarray(tt, dtype=np.int64))
-            else:  # position_ids
-                feed[name] = np.clip(np.cumsum(mask, axis=1) - 1, 0, None).astype(np.int64)
-        batches.append(feed)
-    return batches
+    return [encode_batch(tokenizer, [texts[i] for i in order[start:start + batch_size]],
+                         input_names=input_names, max_length=max_length)
+            for start in range(0, len(order), batch_size)]
 
 
 def length_distribution(tokenizer, texts: list[str], max_length: int) -> dict:

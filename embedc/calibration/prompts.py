@@ -64,9 +64,13 @@ class PromptStyle:
         return cls()
 
     def apply(self, sample: Sample) -> str:
+        return self.format(sample.text, sample.kind)
+
+    def format(self, text: str, kind: str) -> str:
+        """One raw text of ``kind`` ("query" or "passage") as the model wants it."""
         if self.instruct_task is not None:
-            return apply_instruct(sample, self.instruct_task)
-        return apply_prompt(sample, self.query_prefix, self.passage_prefix)
+            return f"Instruct: {self.instruct_task}\nQuery: {text}" if kind == "query" else text
+        return (self.query_prefix if kind == "query" else self.passage_prefix) + text
 
     def apply_all(self, samples: list[Sample] | tuple[Sample, ...]) -> list[str]:
         return [self.apply(s) for s in samples]

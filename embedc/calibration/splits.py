@@ -12,6 +12,13 @@ Defaults, and why:
   per language: enough for a per-language mean cosine (gates are per language,
   not only on the mean) and a small 8-vs-8 retrieval check, while a torch FP32
   reference pass over them stays cheap.
+* ``long_per_lang=2``: 76 long passages (several paragraphs each, from
+  their own pool; see :mod:`.corpus`) join the evaluation split, so that
+  parity covers texts up to and past the model's maximum length: with the
+  multilingual-e5 tokenizer ~20% of the evaluation passages are over 300
+  tokens (the aim is >= 10%) and about half the long ones reach 512.
+  They are drawn after everything else and appended, so the calibration
+  split and the other evaluation texts are what they were without them.
 * ``seed=0``; ``min_languages=2``: a one-language corpus is refused unless the
   caller asks for it, because calibrating a multilingual model on one language
   is the mistake this toolchain exists to avoid.
@@ -32,10 +39,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from ..errors import CorpusError, UsageError
-from .corpus import KINDS, Sample
+from .corpus import KINDS, UNDETERMINED, Sample
 
 DEFAULT_CALIB_PER_LANG = 8
 DEFAULT_EVAL_PER_LANG = 16
+DEFAULT_LONG_PER_LANG = 2
 DEFAULT_SEED = 0
 DEFAULT_MIN_LANGUAGES = 2
 
@@ -75,17 +83,30 @@ class Splits:
     languages: tuple[str, ...]
     # lang -> {"available", "calibration", "evaluation"} where a quota was not met
     short_languages: dict[str, dict[str, int]] = field(default_factory=dict)
+    long_per_lang: int = 0
+    # the long passages: the tail of ``evaluation``, in language order
+    long_passages: tuple[Sample, ...] = ()
+    # lang -> {"available", "drawn"} where fewer than long_per_lang were drawn
+    short_long: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def summary(self) -> dict:
-        """JSON-ready description: sizes, per-language/kind counts, hashes."""
+        """JSON-ready description: sizes, per-language/kind counts, hashes.
+        ``evaluation`` covers every evaluation text, long passages included;
+        ``evaluation.long_passages`` describes those alone."""
+        evaluation = _split_summary(self.evaluation)
+        evaluation["long_passages"] = {
+            **_split_summary(self.long_passages),
+            "short_languages": {k: dict(v) for k, v in self.short_long.items()},
+        }
         return {
             "seed": self.seed,
             "calib_per_lang": self.calib_per_lang,
             "eval_per_lang": self.eval_per_lang,
+            "long_per_lang": self.long_per_lang,
             "languages": list(self.languages),
             "short_languages": {k: dict(v) for k, v in self.short_languages.items()},
             "calibration": _split_summary(self.calibration),
-            "evaluation": _split_summary(self.evaluation),
+            "evaluation": evaluation,
         }
 
 
@@ -125,33 +146,51 @@ def _draw(pools: dict[str, _Pool], n: int, accept) -> list[Sample]:
 
 def make_splits(samples: Sequence[Sample], *, calib_per_lang: int = DEFAULT_CALIB_PER_LANG,
                 eval_per_lang: int = DEFAULT_EVAL_PER_LANG, seed: int = DEFAULT_SEED,
-                min_languages: int = DEFAULT_MIN_LANGUAGES) -> Splits:
+                min_languages: int = DEFAULT_MIN_LANGUAGES, long_passages: Sequence[Sample] = (),
+                long_per_lang: int = DEFAULT_LONG_PER_LANG) -> Splits:
     """Per language, ``calib_per_lang`` calibration and ``eval_per_lang``
-    evaluation samples, about half queries and half passages each.
+    evaluation samples, about half queries and half passages each, then up
+    to ``long_per_lang`` long passages per language from ``long_passages``
+    (a separate pool, e.g. :func:`.corpus.load_default_long_passages`),
+    appended to the evaluation split.
 
     No evaluation text equals a calibration text after :func:`normalize_text`
     (checked, CorpusError otherwise), and none contains or is contained in a
     calibration text of its language (a query sentence cut from a calibration
-    passage is not held out). Within a split, texts are distinct too.
+    passage is not held out); a long passage neither contains nor is
+    contained in a calibration text of any language (checked too). Within a
+    split, texts are distinct.
     A language with fewer distinct texts than both quotas splits what it has
-    in proportion to the quotas; it is listed in ``short_languages``.
+    in proportion to the quotas; it is listed in ``short_languages``. Long
+    passages are drawn only for the corpus's languages; a language with too
+    few is listed in ``summary()["evaluation"]["long_passages"]``.
+    Neither ``long_passages`` nor ``long_per_lang`` changes the calibration
+    split or the other evaluation texts.
     """
     if calib_per_lang < 0 or eval_per_lang < 0 or calib_per_lang + eval_per_lang == 0:
         raise UsageError(f"split sizes {calib_per_lang} calibration / {eval_per_lang} "
                          "evaluation per language are invalid",
                          "use non-negative sizes, at least one of them positive")
+    if long_per_lang < 0:
+        raise UsageError(f"{long_per_lang} long passages per language is invalid",
+                         "use 0 (none) or more")
+    if any(s.kind != "passage" for s in long_passages):
+        raise UsageError("the long-passage pool holds queries",
+                         "pass only passages (e.g. load_default_long_passages())")
     if not samples:
         raise CorpusError("the corpus is empty", "pass a corpus with text, or use the default one")
     by_lang: dict[str, list[Sample]] = {}
     for s in samples:
         by_lang.setdefault(s.lang, []).append(s)
     languages = tuple(sorted(by_lang))
-    if len(languages) < min_languages:
+    # A corpus whose languages are not labelled (a .txt file: "und") cannot be stratified
+    # by language; it is split as one pool rather than refused, and reported as "und".
+    if len(languages) < min_languages and languages != (UNDETERMINED,):
         raise CorpusError(
             f"the corpus has {len(languages)} language(s) ({', '.join(languages)}) but "
             f"language-stratified splits need at least {min_languages}",
-            "pass --calib-languages-min 1 to accept it, or a multi-language corpus "
-            "(the default corpus has 38 languages; in .jsonl give each line a 'lang')")
+            "pass --min-languages 1 (spec: calibration.min_languages = 1) to accept it, or a multi-language "
+            "corpus (the default corpus has 38 languages; in .jsonl give each line a 'lang')")
 
     quota = calib_per_lang + eval_per_lang
     plans: dict[str, tuple[dict[str, _Pool], int, int, int]] = {}
@@ -205,9 +244,30 @@ def make_splits(samples: Sequence[Sample], *, calib_per_lang: int = DEFAULT_CALI
             short[lang] = {"available": available, "calibration": len(cal),
                            "evaluation": len(ev)}
 
+    # Long passages last, from their own pool and random streams, so that
+    # everything above is the same with or without them.
+    long_by_lang: dict[str, list[Sample]] = {}
+    for s in long_passages:
+        long_by_lang.setdefault(s.lang, []).append(s)
+    all_cal = [normalize_text(s.text) for s in calibration]
+
+    def long_held_out(s: Sample) -> bool:
+        return not _overlapping(normalize_text(s.text), all_cal) and take_eval(s)
+
+    longs: list[Sample] = []
+    short_long: dict[str, dict[str, int]] = {}
+    for lang in languages if long_per_lang else ():
+        pool = long_by_lang.get(lang, [])
+        drawn = _Pool(pool, _rng(seed, lang, "long")).take(long_per_lang, long_held_out)
+        longs += drawn
+        if len(drawn) < long_per_lang:
+            short_long[lang] = {"available": len(pool), "drawn": len(drawn)}
+
+    evaluation += longs
     _check_disjoint(calibration, evaluation)
+    _check_long_held_out(calibration, longs)
     return Splits(tuple(calibration), tuple(evaluation), seed, calib_per_lang, eval_per_lang,
-                  languages, short)
+                  languages, short, long_per_lang, tuple(longs), short_long)
 
 
 def _check_disjoint(calibration: Sequence[Sample], evaluation: Sequence[Sample]) -> None:
@@ -218,3 +278,18 @@ def _check_disjoint(calibration: Sequence[Sample], evaluation: Sequence[Sample])
         raise CorpusError(f"{len(shared)} text(s) are in both the calibration and evaluation "
                           f"splits, e.g. {example!r}",
                           "this is a bug in the split; report it with the corpus and seed")
+
+
+def _overlapping(key: str, others: Sequence[str]) -> list[str]:
+    """The texts of ``others`` that contain or are contained in ``key``."""
+    return [c for c in others if c in key or key in c]
+
+
+def _check_long_held_out(calibration: Sequence[Sample], longs: Sequence[Sample]) -> None:
+    cal = [normalize_text(s.text) for s in calibration]
+    for s in longs:
+        inside = _overlapping(normalize_text(s.text), cal)
+        if inside:
+            raise CorpusError(f"long passage {s.id} overlaps {len(inside)} calibration text(s), "
+                              f"e.g. {inside[0][:60]!r}",
+                              "this is a bug in the split; report it with the corpus and seed")

@@ -9,6 +9,9 @@ from ..calibration.sources import read_language
 PROBE_LANGUAGES = ("eng", "rus", "zho", "ara", "hin", "tha", "kor", "ell", "deu", "jpn", "swa", "heb")
 BATCH_SIZES = (1, 3, 8)
 LENGTHS = {"short": 12, "medium": 128, "long": 512}
+# Long-context models (decoders: 8K-32K positions) are also probed far past 512 tokens,
+# at batch 2 so one text is padded: rotary positions and masks must hold there too.
+LONG_CONTEXT_PROBE = 2048
 
 
 def _cut_to_tokens(tokenizer, text: str, n_tokens: int) -> str:
@@ -41,3 +44,8 @@ def probe_batches(tokenizer, *, query_prefix: str, passage_prefix: str, max_leng
                 start = (i * 997) % max(1, len(bodies[lang]) // 2)
                 texts.append(prefix + _cut_to_tokens(tokenizer, bodies[lang][start:], n))
             yield f"{length_name}/b{bs}", texts
+    if max_length > LENGTHS["long"]:
+        length = min(LONG_CONTEXT_PROBE, max_length)
+        texts = [query_prefix + _cut_to_tokens(tokenizer, bodies["eng"], length - 2),
+                 passage_prefix + _cut_to_tokens(tokenizer, bodies["zho"], length // 2)]
+        yield f"xlong/b{len(texts)}", texts

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..calibration.feeds import encode_batch
 from ..errors import ExportValidationError
 from .probe_texts import probe_batches
 from .wrapper import torch_embed
@@ -27,7 +28,7 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
 
 
-def validate_onnx(onnx_path: Path, model, tokenizer, *, input_names: list[str], query_prefix: str,
+def validate_onnx(onnx_path: Path, embedder, tokenizer, *, input_names: list[str], query_prefix: str,
                   passage_prefix: str, max_length: int, gate: ValidationGate = ValidationGate()) -> dict:
     import onnxruntime as ort
 
@@ -38,9 +39,8 @@ def validate_onnx(onnx_path: Path, model, tokenizer, *, input_names: list[str], 
     all_cos, worst_abs = [], 0.0
     for label, texts in probe_batches(tokenizer, query_prefix=query_prefix,
                                       passage_prefix=passage_prefix, max_length=max_length):
-        batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="np")
-        feeds = {n: batch[n].astype(np.int64) for n in input_names}
-        ref = torch_embed(model, feeds)
+        feeds = encode_batch(tokenizer, texts, input_names=input_names, max_length=max_length)
+        ref = torch_embed(embedder, feeds)
         got = session.run(["sentence_embedding"], feeds)[0]
         if not np.isfinite(got).all():
             raise ExportValidationError(f"ONNX output has NaN/Inf on probe {label}",

@@ -7,7 +7,7 @@ from .base import (ATTENTION_MODES, FINAL_NORMS, POOLED_OUTPUT, POOLING_MODES, S
 
 __all__ = ["ATTENTION_MODES", "FINAL_NORMS", "POOLED_OUTPUT", "POOLING_MODES", "SENTENCE_OUTPUT", "TOKEN_OUTPUT",
            "ModelAdapter", "ModelFamily", "Pooling", "adapter_for", "families", "family_for_config", "get_family",
-           "register_family", "resolve_family"]
+           "load_embedder", "load_model_tokenizer", "register_family", "resolve_family"]
 
 
 def resolve_family(source, config: dict | None = None) -> tuple[ModelFamily, dict]:
@@ -29,3 +29,20 @@ def adapter_for(source, tokenizer) -> ModelAdapter:
     """The adapter of a resolved model source (its tokenizer gives padding side and limits)."""
     family, config = resolve_family(source)
     return family.adapter(source, config, tokenizer)
+
+
+def load_model_tokenizer(source):
+    """(family, tokenizer, adapter) of a source: the tokenizer as its family prepares it."""
+    from ..models import load_tokenizer
+
+    family, config = resolve_family(source)
+    tokenizer = family.prepare_tokenizer(load_tokenizer(source))
+    return family, tokenizer, family.adapter(source, config, tokenizer)
+
+
+def load_embedder(source):
+    """(SentenceEmbedder, tokenizer, adapter): the torch FP32 model as export and reference see it."""
+    from ..exporter.wrapper import SentenceEmbedder
+
+    family, tokenizer, adapter = load_model_tokenizer(source)
+    return SentenceEmbedder(family, family.load_torch(source, adapter), adapter).eval(), tokenizer, adapter

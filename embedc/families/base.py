@@ -194,6 +194,14 @@ class ModelFamily(ABC):
         side). Decoders derive position ids from the mask here, inside the
         exported graph, so every family takes the same two inputs."""
 
+    def export_onnx(self, embedder: Any, tokenizer: Any, path: Path, *, opset: int, external_data: bool) -> None:
+        """Write the ONNX graph of ``embedder`` (a ``SentenceEmbedder``) to
+        ``path``. The default is the dynamo exporter; a family overrides this
+        only for a graph the exporter cannot produce."""
+        from ..exporter.export import dynamo_export
+
+        dynamo_export(embedder, tokenizer, path, opset=opset, external_data=external_data)
+
     def prepare_tokenizer(self, tokenizer: Any, adapter: ModelAdapter | None = None) -> Any:
         """Make a loaded tokenizer batchable (e.g. a pad token for decoders).
         Whatever this changes is saved with the export and every artifact."""

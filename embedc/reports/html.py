@@ -8,7 +8,18 @@ import io
 
 from .markdown import fmt, summary_rows
 
-_MARKERS = {"ort": "o", "openvino": "s", "tensorrt": "^"}
+
+
+def _marker(backend: str) -> str:
+    """Each backend's own plot marker (its capabilities say which)."""
+    from ..errors import TargetError
+    from ..targets.registry import get_backend
+
+    try:
+        caps = getattr(get_backend(backend), "capabilities", None)
+    except TargetError:
+        return "D"
+    return getattr(caps, "report_marker", None) or {"ort": "o", "openvino": "s", "tensorrt": "^"}.get(backend, "D")  # MERGE-T
 _STYLE = ("body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1250px;color:#222}"
           "table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 9px;"
           "font-size:13px;text-align:right}td:first-child,th:first-child{text-align:left}th{background:#f3f3f3}"
@@ -70,8 +81,7 @@ def _tradeoffs(arts: list[dict], bench: dict, batch_size: int) -> str:
     precisions = sorted({a["precision"] for a in arts})
     colors = {p: plt.cm.tab10(i % 10) for i, p in enumerate(precisions)}
     for a in arts:
-        backend = a["target"].split("-")[0] if a["target"] != "reference" else "ort"
-        style = dict(marker=_MARKERS.get(backend, "D"), color=colors[a["precision"]], s=70, edgecolor="black",
+        style = dict(marker=_marker(a.get("backend") or "ort"), color=colors[a["precision"]], s=70, edgecolor="black",
                      linewidth=0.5)
         y = _loss(a["parity"]["mean"])
         axes[0][0].scatter((a.get("bytes") or 0) / 1e6, y, **style)
@@ -90,8 +100,8 @@ def _tradeoffs(arts: list[dict], bench: dict, batch_size: int) -> str:
         ax.set_title(title)
         ax.grid(alpha=0.3, which="both")
     handles = [plt.Line2D([], [], marker="o", linestyle="", color=colors[p], label=p) for p in precisions]
-    handles += [plt.Line2D([], [], marker=m, linestyle="", color="white", markeredgecolor="black", label=b)
-                for b, m in _MARKERS.items() if any(a["target"].startswith(b) for a in arts)]
+    handles += [plt.Line2D([], [], marker=_marker(b), linestyle="", color="white", markeredgecolor="black", label=b)
+                for b in sorted({a.get("backend") or "ort" for a in arts})]
     fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
     fig.tight_layout()
     return _png(fig)

@@ -39,6 +39,7 @@ def render_markdown(manifest: dict) -> str:
         lines.append(f"| {r['name']} | {r['status']} | {fmt(r['mean'])} | {fmt(r['p01'])} | {fmt(r['min'])} | "
                      f"{r['worst_lang']} {fmt(r['worst_lang_mean'])} | {fmt(r['top10'], 3)} | {fmt(r['top1'], 3)} | "
                      f"{r['mb']:.1f} |")
+    lines += _length_table(manifest)
     bench = manifest.get("bench")
     if bench and bench.get("error"):
         lines += ["", "## Benchmark", "", f"Benchmark failed: {bench['error']}"]
@@ -69,6 +70,24 @@ def render_markdown(manifest: dict) -> str:
     lines += ["", f"Machine: {mf['cpu']} ({mf['cores']} cores, flags {', '.join(mf['cpu_flags'])}); "
               f"versions: " + ", ".join(f"{k} {v}" for k, v in manifest["versions"].items())]
     return "\n".join(lines) + "\n"
+
+
+def _length_table(manifest: dict) -> list[str]:
+    """Mean (min) cosine per input-length bucket, one row per artifact: long
+    inputs are where truncation and position handling go wrong."""
+    rows = [(a["name"], a["parity_by_length"]) for a in manifest["artifacts"] if a.get("parity_by_length")]
+    if not rows:
+        return []
+    first = rows[0][1]
+    labels = [f"{b['low']}-{b['high']}" for b in first["buckets"]]
+    counts = " | ".join(str(b["count"]) for b in first["buckets"])
+    out = ["", f"## Parity by input length (tokens; evaluation texts judged up to {first['max_length']}, "
+               f"{first['at_max_length']} of them reach it)", "",
+           "| artifact | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels), f"| texts | {counts} |"]
+    for name, lp in rows:
+        cells = ["-" if b["mean"] is None else f"{b['mean']:.5f} ({b['min']:.4f})" for b in lp["buckets"]]
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    return out + ["", "Cells: mean cosine (min) vs torch FP32."]
 
 
 def write_reports(result, folder: Path) -> None:

@@ -1,7 +1,8 @@
 """embedc.load(ARTIFACT_DIR).encode(texts, kind=...) -> normalized float32 numpy.
 
 Applies the artifact's recorded prompt (prefix or instruct template), tokenizes
-with its tokenizer, batches by length and runs it with its backend."""
+with its tokenizer at the model's own maximum length, batches by length and
+runs it with its backend."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -10,56 +11,70 @@ from pathlib import Path
 import numpy as np
 
 from ..artifact import read_meta, verify_files
-from ..errors import UsageError
+from ..errors import ArtifactError, UsageError
 
 
 class Encoder:
     def __init__(self, artifact_dir: str | Path, *, threads: int | None = None, verify: bool = True):
-        from transformers import AutoTokenizer
+        from ..calibration import PromptStyle
+        from ..models import load_tokenizer
+        from ..models.source import ModelSource
 
         self.path = Path(artifact_dir)
         self.meta = read_meta(self.path)
         if verify:
             verify_files(self.path, self.meta)
-        self.tokenizer = AutoTokenizer.from_pretrained(str(self.path), use_fast=True)
+        try:
+            self.input_names = [i["name"] for i in self.meta["inputs"]]
+            self.max_length = int(self.meta["max_length"])  # the model's own: what the torch model would see
+            style = self.meta.get("prompt_style") or {"query_prefix": self.meta["prefixes"]["query"],
+                                                       "passage_prefix": self.meta["prefixes"]["passage"],
+                                                       "instruct_task": None}
+            self.style = PromptStyle(**style)
+            self.dim = int(self.meta["outputs"][0]["shape"][-1])
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise ArtifactError(f"{self.path}/embedc.json is incomplete or malformed ({type(exc).__name__}: {exc})",
+                                "rebuild the artifact with 'embedc build'") from exc
+        self.tokenizer = load_tokenizer(ModelSource(name=self.path.name, path=self.path, kind="local"))
         self._runner = _backend_for(self.meta).load(self.path, self.meta, threads=threads)
-        self.input_names = [i["name"] for i in self.meta["inputs"]]
-        self.max_length = int(self.meta.get("parity_max_length") or self.meta["max_length"])
-        style = self.meta.get("prompt_style") or {"query_prefix": self.meta["prefixes"]["query"],
-                                                   "passage_prefix": self.meta["prefixes"]["passage"],
-                                                   "instruct_task": None}
-        from ..calibration import PromptStyle
-
-        self.style = PromptStyle(**style)
 
     def format(self, texts: Sequence[str], kind: str) -> list[str]:
-        from ..calibration.corpus import make_sample
-
         if kind not in ("query", "passage"):
             raise UsageError(f"kind must be 'query' or 'passage', got {kind!r}", "pass kind='query' or kind='passage'")
-        return [self.style.apply(make_sample("und", kind, t)) for t in texts]
+        return [self.style.format(t, kind) for t in texts]
 
     def encode(self, texts: str | Sequence[str], kind: str = "query", *, batch_size: int = 32,
                max_length: int | None = None) -> np.ndarray:
+        """Embeddings of ``texts`` (one text: shape (dim,); a list: (n, dim)), L2-normalized float32."""
         from ..parity.harness import embed_texts
 
         single = isinstance(texts, str)
+        if texts is None or not (single or isinstance(texts, Sequence)):
+            raise UsageError(f"texts must be a string or a list of strings, got {type(texts).__name__}",
+                             "pass encode(['a text', ...])")
         items = [texts] if single else list(texts)
+        bad = next((i for i, t in enumerate(items) if not isinstance(t, str)), None)
+        if bad is not None:
+            raise UsageError(f"text {bad} is a {type(items[bad]).__name__}, not a string", "pass strings only")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise UsageError(f"batch_size must be a positive integer, got {batch_size!r}", "e.g. batch_size=32")
+        length = self.max_length if max_length is None else max_length
+        if isinstance(length, bool) or not isinstance(length, int) or not 2 <= length <= self.max_length:
+            raise UsageError(f"max_length must be between 2 and the model's {self.max_length}, got {max_length!r}",
+                             "leave it unset to use the model's own maximum")
         if not items:
-            return np.zeros((0, 0), dtype=np.float32)
+            return np.zeros((0, self.dim), dtype=np.float32)
         emb = embed_texts(self._runner.embed, self.tokenizer, self.format(items, kind),
-                          input_names=self.input_names, max_length=max_length or self.max_length,
-                          batch_size=batch_size)
+                          input_names=self.input_names, max_length=length, batch_size=batch_size)
         emb = emb / np.linalg.norm(emb, axis=1, keepdims=True).clip(min=1e-12)
         return emb[0] if single else emb
 
 
 def _backend_for(meta: dict):
     from ..targets.registry import get_backend, get_target
-    from ..targets import ort
 
     if meta.get("stage") == "reference-export":
-        return ort.BACKEND  # the FP32 reference runs as-is in ONNX Runtime
+        return get_backend("ort")  # the FP32 reference runs as-is in ONNX Runtime
     return get_backend(get_target(meta["target"]))
 
 

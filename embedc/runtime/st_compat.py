@@ -2,7 +2,9 @@
 
 After ``write_st_files`` an ORT or OpenVINO artifact loads with
 ``SentenceTransformer(folder, backend=..., model_kwargs=...)`` and gives the
-artifact's embeddings. What sentence-transformers 5.1 needs (from its source):
+artifact's embeddings. What sentence-transformers 5.1 and 6.2 need (from their source;
+6.2 still resolves the ``sentence_transformers.models.*`` class paths and reads the
+same files):
 
 - ``modules.json``: Transformer (root) -> Pooling (mean) -> Normalize;
 - ``sentence_bert_config.json``: ``max_seq_length`` for its tokenizer call;
@@ -19,6 +21,15 @@ treats a folder as already converted if a file matches its
 ``OVBaseModel._search_pattern`` (``openvino..._...xml``); otherwise it tries
 to export the (absent) PyTorch weights. Artifacts that miss either are
 reported as not loadable, with the reason, and get no files.
+
+Where the backends run: optimum-onnx 0.1.0 (the newest) caps transformers<4.58 and
+does not import on transformers 5 (huggingface/optimum-onnx#114, #141); optimum-intel
+2.2.0 caps transformers<5.6 and measured here fails to import on 5.24
+(``VisionRotaryEmbedding`` left ``transformers.models.qwen2_vl``). So both backends
+load under the legacy lock (constraints-legacy.txt: transformers 4.57.6,
+sentence-transformers 5.1.2, optimum-onnx 0.1.0, optimum-intel 1.27.0), which CI tests.
+The tokenizer files name ``PreTrainedTokenizerFast`` (embedc.models.save_tokenizer), so
+sentence-transformers tokenizes with the artifact's saved pipeline on either stack.
 """
 from __future__ import annotations
 
@@ -32,10 +43,12 @@ from ..fsutil import write_json_atomic
 ST_BACKEND = {"ort": "onnx", "openvino": "openvino"}
 TOKEN_OUTPUT = "last_hidden_state"          # the name optimum reads
 OV_FILE_PATTERN = r"(.*)?openvino(.*)?\_(.*)?.xml$"  # optimum-intel 1.27 OVBaseModel._search_pattern
+_LEGACY = "pip install -c constraints-legacy.txt -e '.[st-backends]' (transformers 4.57)"
 REQUIRES = {
-    "onnx": "sentence-transformers>=5.1,<5.2 with optimum-onnx==0.1.0",
-    "openvino": "sentence-transformers>=5.1,<5.2 with optimum-intel==1.27.0 (the release on optimum 2.1 / "
-                "optimum-onnx 0.1; optimum-intel 2.x needs optimum~=2.2-2.3)",
+    "onnx": "sentence-transformers 5.1 with optimum-onnx 0.1.0, which needs transformers<4.58 "
+            f"(huggingface/optimum-onnx#114): {_LEGACY}",
+    "openvino": "sentence-transformers 5.1 with optimum-intel 1.27.0 (2.2 does not import on transformers 5.24): "
+                + _LEGACY,
 }
 PROMPT_KINDS = ("query", "passage")
 _MARK = "\x00text\x00"  # a stand-in text: samples may not be empty
@@ -91,8 +104,8 @@ def write_st_files(artifact_dir: Path, meta: dict, model_source_dir: Path | None
     if load is None:
         return {"loadable": False, "reason": reason, "files": []}
 
-    # embedc.load truncates at the parity length (runtime.Encoder); ST must too to give the same vectors
-    max_seq_length = int(meta.get("parity_max_length") or meta["max_length"])
+    # the model's own maximum, as embedc.load and the torch model use it
+    max_seq_length = int(meta["max_length"])
     prompts = _prompts(meta)
     dim = int(meta["outputs"][0]["shape"][-1])
     shutil.copyfile(config, artifact_dir / "config.json")

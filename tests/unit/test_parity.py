@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from embedc.errors import ArtifactError, EmbedcError, ParityGateError, TargetError, UsageError
+from embedc.errors import SpecError, ArtifactError, EmbedcError, ParityGateError, TargetError, UsageError
 from embedc.parity import (
     DEFAULT_GATES,
     METRICS,
@@ -305,25 +305,26 @@ def test_default_gates_are_at_least_the_floor():
         assert {"top10_overlap", "top1_agreement"} <= set(gates), family
 
 
-def test_resolve_gates_precedence():
-    gates = resolve_gates(
-        "int8-static",
-        overrides=[parse_gate("min>=0.9")],
-        per_model={"min": 0.97, "mean": 0.99, "int8": {"mean": 0.993}, "int8-static": {"p01": 0.98},
-                   "int4": {"mean": 0.5}},
-    )
-    by = {g.metric: g.threshold for g in gates}
-    assert by["min"] == 0.9            # per-run override beats per-model
-    assert by["mean"] == 0.993         # per-model family entry beats per-model flat
-    assert by["p01"] == 0.98           # exact precision entry
-    assert by["lang_mean"] == DEFAULT_GATES["int8"]["lang_mean"]  # default kept
+def test_resolve_gates_precedence_and_sources():
+    layers = [("spec [gates]", {"*": "min>=0.97", "int8": "mean>=0.99"}),
+              ('spec [gates.models."m"]', {"int8": "mean>=0.993", "int8-static": "p01>=0.98", "int4": "mean>=0.5"}),
+              ("--gate", {"int8-static": "min>=0.9"})]
+    gates = resolve_gates("int8-static", layers)
+    by = {g.metric: g for g in gates}
+    assert (by["min"].threshold, by["min"].source) == (0.9, "--gate int8-static")          # the run wins
+    assert (by["mean"].threshold, by["mean"].source) == (0.993, 'spec [gates.models."m"] int8')  # model > spec
+    assert (by["p01"].threshold, by["p01"].source) == (0.98, 'spec [gates.models."m"] int8-static')
+    assert by["lang_mean"].source == "default int8" and by["lang_mean"].threshold == DEFAULT_GATES["int8"]["lang_mean"]
     assert [g.metric for g in gates] == [m for m in METRICS if m in by]  # stable order
-    # defaults only
     assert {g.metric: g.threshold for g in resolve_gates("int4")} == DEFAULT_GATES["int4"]
-    # a per-run override adds a metric the defaults lack
-    assert Gate("lang_min", 0.9) in resolve_gates("int4", [Gate("lang_min", 0.9)])
-    with pytest.raises(UsageError, match="bogus"):
-        resolve_gates("int8", per_model={"bogus": 0.9})
+    # stored gates (an artifact's) as the base, overridden by a run
+    stored = resolve_gates("int8-static", layers)
+    again = resolve_gates("int8-static", [("--gate", {"*": "lang_min>=0.9"})], base=stored)
+    assert {g.metric: (g.threshold, g.source) for g in again if g.metric != "lang_min"} == \
+        {g.metric: (g.threshold, g.source) for g in stored}
+    assert Gate("lang_min", 0.9) in again
+    with pytest.raises(SpecError, match="bogus"):
+        resolve_gates("int8", [("spec", {"int8": {"bogus": 0.9}})])
 
 
 # ---------------------------------------------------------------------------

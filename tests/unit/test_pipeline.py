@@ -70,29 +70,42 @@ def test_changing_one_target_recompiles_only_that_one(first_build, cache_dir, tm
 
 
 def test_editing_a_backends_source_recompiles_only_its_artifacts(first_build, cache_dir, tmp_path, monkeypatch):
-    """A recipe fix must miss the cache: the key holds a digest of the backend's source."""
-    from embedc.build import cache as stage_cache, pipeline
-
-    real = stage_cache.code_digest
-
-    def edited(*patterns):
-        return real(*patterns) + ("-edited" if "targets/ort/*.py" in patterns else "")
-
+    """A recipe fix must miss the cache: the key holds a digest of the backend's source package."""
     import shutil
 
+    from embedc.build import keys
+
+    real = keys.package_digest
     own_cache = tmp_path / "cache"  # a copy, so the shared cache keeps one entry per artifact
     shutil.copytree(cache_dir, own_cache)
-    monkeypatch.setattr(pipeline, "code_digest", edited)
+    monkeypatch.setattr(keys, "package_digest",
+                        lambda name: real(name) + ("-edited" if name == "embedc.targets.ort" else ""))
     result = build(_spec(tmp_path / "g"), cache_dir=own_cache)
     assert [a.cached for a in result.artifacts] == [False, False]
     assert [a.meta["parity"]["mean"] for a in result.artifacts] == pytest.approx(
         [a.meta["parity"]["mean"] for a in first_build.artifacts], abs=1e-6)
 
 
+def test_package_digest_follows_the_source_files(tmp_path, monkeypatch):
+    import sys
+
+    from embedc.build.keys import package_digest
+
+    pkg = tmp_path / "fakepkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("X = 1\n")
+    (pkg / "recipe.py").write_text("ALPHA = 0.5\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    before = package_digest("fakepkg")
+    (pkg / "recipe.py").write_text("ALPHA = 0.6\n")  # a recipe fix in a submodule
+    assert package_digest("fakepkg") != before
+    assert package_digest("embedc.targets.ort") != package_digest("embedc.targets.openvino")
+    sys.modules.pop("fakepkg", None)
+
+
 def test_code_digest_follows_the_source_files():
     from embedc.build.cache import code_digest
 
-    assert code_digest("targets/ort/*.py") == code_digest("targets/ort/*.py")
     assert code_digest("targets/ort/*.py") != code_digest("targets/openvino/*.py")
     with pytest.raises(ValueError, match="no embedc source"):
         code_digest("targets/no_such_backend*.py")

@@ -1,5 +1,7 @@
 """Artifacts load in sentence-transformers (onnx / openvino backends) and give
-the same embeddings as embedc.load, on real builds of the tiny model."""
+the same embeddings as embedc.load, on real builds of the tiny model. The tests that
+load through sentence-transformers need optimum, which installs only on the legacy
+lock: they are marked st_backends and run there (pytest -m legacy_stack)."""
 from __future__ import annotations
 
 import json
@@ -13,14 +15,12 @@ import embedc
 from embedc.artifact import read_meta
 from embedc.runtime.st_compat import st_load_call, write_st_files
 
-pytest.importorskip("sentence_transformers")
-
 QUERIES = ["how tall is the Eiffel tower?", "¿Dónde está la estación de tren?", "東京の人口は何人ですか",
            "Wie spät ist es?", "x"]
 PASSAGES = ["The Eiffel tower is 330 metres tall and stands in Paris.",
             "La estación de tren está en el centro de la ciudad, junto al río.",
             "東京都の人口は約1400万人です。", "Россия — самая большая страна в мире по площади.",
-            "A passage longer than the 64-token parity length, so truncation must agree too. " * 8]
+            "A passage longer than the model's 512 tokens, so truncation must agree too. " * 40]
 PAIRS = ["ort-cpu/fp32", "ort-cpu/int8-dynamic", "openvino-cpu/fp32", "openvino-cpu/int8-weights"]
 
 
@@ -35,7 +35,6 @@ def st_build(tmp_path_factory, st_cache):
     from embedc.build.pipeline import build
     from embedc.spec import BuildSpec, CalibrationSpec, MatrixEntry, ModelSpec
 
-    pytest.importorskip("openvino")
     spec = BuildSpec(model=ModelSpec(name="random-tiny-xlmr"),
                      calibration=CalibrationSpec(calib_per_lang=2, eval_per_lang=4, max_length=64),
                      matrix=(MatrixEntry("ort-cpu", ("fp32", "int8-dynamic")),
@@ -60,20 +59,21 @@ def test_runtime_load_reproduces_recorded_parity_of_openvino_artifacts(st_build,
 
 
 @pytest.mark.parametrize("pair", PAIRS)
+@pytest.mark.st_backends
+@pytest.mark.legacy_stack
 def test_sentence_transformers_reproduces_the_artifact(st_build, pair):
-    if pair.startswith("openvino"):
-        pytest.importorskip("optimum.intel")
     folder = st_build / pair
     meta = read_meta(folder)
     info = write_st_files(folder, meta, Path(meta["model"]["path"]))
     assert info["loadable"], info.get("reason")
     assert info["prompts"] == {"query": "query: ", "passage": "passage: "}
     assert all((folder / f).is_file() for f in info["files"])
-    assert json.loads((folder / "sentence_bert_config.json").read_text())["max_seq_length"] == 64
+    # the model's own maximum, not the calibration or parity length: ST must see what torch would
+    assert json.loads((folder / "sentence_bert_config.json").read_text())["max_seq_length"] == meta["max_length"] == 512
     json.dumps(info)  # recorded in embedc.json as is
 
     model = _st_model(folder, info["load"])
-    assert len(model.tokenizer(PASSAGES[-1])["input_ids"]) > 64
+    assert len(model.tokenizer(PASSAGES[-1])["input_ids"]) > 512
     enc = embedc.load(folder)  # still verifies: the ST files are additions
     for kind, texts in (("query", QUERIES), ("passage", PASSAGES)):
         got = model.encode(texts, prompt_name=kind, convert_to_numpy=True)
@@ -95,6 +95,8 @@ def _copy_artifact(src: Path, dst: Path) -> tuple[Path, dict]:
     return dst, meta
 
 
+@pytest.mark.st_backends
+@pytest.mark.legacy_stack
 def test_onnx_without_last_hidden_state_is_refused_and_st_would_fail(st_build, tmp_path):
     """optimum picks ``last_hidden_state`` by name: a graph whose token output
     is named otherwise cannot load, so no files are written."""
@@ -122,9 +124,10 @@ def test_onnx_without_last_hidden_state_is_refused_and_st_would_fail(st_build, t
         _st_model(folder, loadable["load"]).encode(["hello"], prompt_name="query")
 
 
+@pytest.mark.st_backends
+@pytest.mark.legacy_stack
 def test_ir_named_model_xml_is_refused(st_build, tmp_path):
     # (no "openvino" in this test's name: optimum-intel matches its pattern against the whole path)
-    pytest.importorskip("optimum.intel")
     folder, meta = _copy_artifact(st_build / "openvino-cpu" / "fp32", tmp_path / "ir")
     (folder / "openvino_model.xml").rename(folder / "model.xml")
     (folder / "openvino_model.bin").rename(folder / "model.bin")

@@ -357,11 +357,12 @@ def _first_line(exc: Exception) -> str:
 
 
 def _pad_token_id(reference_dir: Path) -> int:
-    from transformers import AutoTokenizer
+    from ...errors import ModelSourceError
+    from ...models import load_tokenizer
 
     try:
-        pad = AutoTokenizer.from_pretrained(str(reference_dir)).pad_token_id
-    except (OSError, ValueError) as exc:
+        pad = load_tokenizer(reference_dir).pad_token_id
+    except ModelSourceError as exc:
         raise CompileError(f"cannot read the tokenizer in {reference_dir} for the NPU pad id",
                            "re-export the reference (it carries the tokenizer files)") from exc
     return 0 if pad is None else int(pad)  # masked either way; 0 when the tokenizer has no pad token

@@ -1,0 +1,38 @@
+"""Fast tier: the toy family and the fake backend registered for the whole
+session, one toy model folder and one stage cache shared by every test."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from toy import FakeBackend, ToyFamily, make_toy_model
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _register_fakes():
+    from embedc.families.base import _FAMILIES, register_family
+    from embedc.targets.registry import register_backend, unregister_backend
+
+    register_family(ToyFamily())
+    register_backend(FakeBackend())
+    yield
+    unregister_backend("fake")
+    _FAMILIES.pop("toy", None)
+
+
+@pytest.fixture(scope="session")
+def toy_model(tmp_path_factory):
+    return make_toy_model(tmp_path_factory.mktemp("toy") / "toy-model")
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("fast-cache")
+
+
+@pytest.fixture(autouse=True)
+def _cache_env(cache_dir, monkeypatch):
+    """The CLI finds the shared stage cache through EMBEDC_CACHE (stages/ under it)."""
+    monkeypatch.setenv("EMBEDC_CACHE", str(cache_dir))
+    os.environ.setdefault("OMP_NUM_THREADS", "2")

@@ -1,0 +1,110 @@
+"""The CLI on the toy model and the fake backend: exit codes, one-line
+errors, gates that travel with the artifact, options checked before work."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from embedc.cli import cli
+
+LENIENT = "mean>=0.5,p01>=0,min>=0.1,lang_mean>=0.3,top10_overlap>=0,top1_agreement>=0"
+
+
+def run(*args):
+    return CliRunner().invoke(cli, ["-q", *map(str, args)])
+
+
+def small(toy_model, out, *extra):
+    return ["build", "-m", toy_model, "-o", out, "--calib-per-lang", "2", "--eval-per-lang", "4",
+            "--max-length", "32", *extra]
+
+
+def one_error_line(result) -> str:
+    lines = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, result.output
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def gated_build(toy_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "build"
+    r = run(*small(toy_model, out, "-t", "fake-cpu", "-p", "int8-noisy", "--gate", f"int8-noisy:{LENIENT}",
+                   "--junit", out.parent / "parity.xml"))
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def test_parity_recheck_uses_the_gates_the_build_used(gated_build):
+    """Built under a --gate, re-checked with no flags: the same verdict (exit 0), not the defaults' (exit 3)."""
+    art = gated_build / "fake-cpu" / "int8-noisy"
+    r = run("parity", art, "--json")
+    assert r.exit_code == 0, r.output
+    gates = {g["metric"]: g for g in json.loads(r.output)[0]["gates"]}
+    assert gates["mean"]["threshold"] == 0.5 and gates["mean"]["source"] == "--gate int8-noisy"
+    r = run("parity", art, "--gate", "mean>=0.999")  # an explicit override still wins
+    assert r.exit_code == 3 and "mean>=0.999" in r.output
+
+
+def test_junit_written_by_the_build(gated_build):
+    text = (gated_build.parent / "parity.xml").read_text()
+    assert 'classname="embedc.fake-cpu.int8-noisy"' in text and 'failures="0"' in text
+
+
+def test_option_typo_fails_in_dry_run_before_any_work(toy_model, tmp_path):
+    r = run(*small(toy_model, tmp_path / "o", "-t", "fake-cpu", "-p", "int8-noisy", "--option",
+                   "int8-noisy.nois=1", "--dry-run"))
+    assert r.exit_code == 2
+    assert "unknown option 'nois'" in one_error_line(r) and "valid options: noise" in r.output
+    r = run(*small(toy_model, tmp_path / "o", "-t", "fake-cpu", "-p", "int8-noisy", "--option",
+                   "int8-noisy.noise=-3", "--dry-run"))
+    assert r.exit_code == 2 and "noise=-3" in one_error_line(r)
+    assert not (tmp_path / "o").exists()
+
+
+def test_dry_run_prints_the_plan_with_resolved_options_and_gates(toy_model, tmp_path):
+    r = run(*small(toy_model, tmp_path / "d", "-t", "fake-cpu", "-p", "fp32", "-p", "int8-noisy", "--dry-run"))
+    assert r.exit_code == 0, r.output
+    plan = json.loads(r.output)
+    assert plan["adapter"]["pooling"]["mode"] == "mean" and plan["adapter"]["max_length"] == 64
+    step = plan["plan"][-1]
+    assert step["options"] == {"noise": 0.5} and {g["metric"] for g in step["gates"]} >= {"mean", "min"}
+    assert not (tmp_path / "d").exists()
+
+
+def test_gate_failure_exits_3_and_a_broken_pair_exits_1(toy_model, tmp_path):
+    r = run(*small(toy_model, tmp_path / "g", "-t", "fake-cpu", "-p", "int8-noisy"))
+    assert r.exit_code == 3 and "fake-cpu/int8-noisy" in one_error_line(r)
+    r = run(*small(toy_model, tmp_path / "b", "-t", "fake-cpu", "-p", "fp32", "-p", "int8-broken"))
+    assert r.exit_code == 1
+    assert "fake-cpu/int8-broken: RuntimeError: simulated third-party failure" in one_error_line(r)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (("--seed", "-1"), "--seed"),
+    (("--threads", "0"), "--threads"),
+    (("--max-length", "4"), "--max-length"),
+])
+def test_bad_numbers_are_usage_errors(toy_model, tmp_path, args, needle):
+    r = run(*small(toy_model, tmp_path / "n", *args, "--dry-run"))
+    assert r.exit_code == 2 and needle in r.output
+
+
+def test_junit_path_that_is_a_folder_is_refused_before_work(toy_model, tmp_path):
+    r = run(*small(toy_model, tmp_path / "j", "-t", "fake-cpu", "-p", "fp32", "--junit", tmp_path))
+    assert r.exit_code == 2 and "'--junit'" in r.output and "is a directory" in r.output
+    assert not (tmp_path / "j").exists()
+
+
+@pytest.mark.parametrize("command", [[], ["models"], ["targets"], ["export"], ["build"], ["parity"], ["bench"],
+                                     ["embed"], ["check-trt"], ["engine"]])
+def test_every_command_has_help(command):
+    r = run(*command, "--help")
+    assert r.exit_code == 0 and "Usage:" in r.output
+
+
+def test_targets_lists_registered_backends():
+    r = run("targets", "--json")
+    names = {t["name"] for t in json.loads(r.output)}
+    assert {"fake-cpu", "ort-cpu", "openvino-cpu", "tensorrt-sm90"} <= names
