@@ -143,22 +143,4 @@ def attention_inputs(attention_mask, attention: str, dtype):
     return zeros.masked_fill(~allowed, torch.finfo(dtype).min), position_ids
 
 
-def pool(hidden, attention_mask, mode: str):
-    """Pooled token states [batch, hidden]; ``last``/``cls`` take the last/first
-    attended token whatever the padding side."""
-    import torch
-
-    mask = attention_mask.to(hidden.dtype)
-    if mode == "mean":
-        return (hidden * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp(min=1e-9)
-    positions = torch.arange(hidden.shape[1], device=hidden.device)
-    if mode == "last":
-        index = (attention_mask.to(torch.long) * positions).argmax(-1)
-    elif mode == "cls":
-        index = attention_mask.to(torch.long).argmax(-1)
-    else:
-        raise ModelSourceError(f"pooling mode {mode!r} is not supported", "use mean, cls or last")
-    return hidden[torch.arange(hidden.shape[0], device=hidden.device), index]
-
-
 DECODER = register_family(DecoderFamily())

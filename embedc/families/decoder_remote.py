@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..errors import ModelSourceError
-from .decoder import REMOTE_ATTR, load_own_torch, pool
+from .decoder import REMOTE_ATTR, load_own_torch
 
 
 def load_remote_torch(source):
@@ -36,6 +36,7 @@ def remote_code_parity(source, texts: Sequence[str], *, tokenizer=None, adapter=
     import numpy as np
     import torch
 
+    from ..exporter.wrapper import pool
     from ..models.loading import load_tokenizer, read_config
     from . import adapter_for
     from .base import get_family

@@ -95,21 +95,36 @@ def qwen3_config(shape: DecoderShape, style: str) -> dict:
 
 
 def qwen3_tokenizer(style: str, max_length: int):
-    """The real Qwen3 tokenizer, set up the way each model's folder ships it."""
+    """The real Qwen3 tokenizer (its shipped tokenizer.json pipeline), set up the
+    way each model's folder ships it: pad = ``<|endoftext|>``; for
+    Qwen3-Embedding that token appended to every text and left padding."""
     from tokenizers import processors
-    from transformers import AutoTokenizer
 
-    # padding_side as a load argument: transformers saves init arguments, not attributes set later
-    side = "left" if style == "qwen3-embedding" else "right"
-    tok = AutoTokenizer.from_pretrained(str(_qwen_tokenizer_dir()), padding_side=side)
+    from .loading import load_tokenizer
+
+    tok = load_tokenizer(_qwen_tokenizer_dir())
     tok.pad_token = QWEN_EOS
     tok.model_max_length = max_length
+    tok.padding_side = "left" if style == "qwen3-embedding" else "right"
     if style == "qwen3-embedding":
         eos_id = tok.convert_tokens_to_ids(QWEN_EOS)
         tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
             single=f"$A:0 {QWEN_EOS}:0", pair=f"$A:0 {QWEN_EOS}:0 $B:1 {QWEN_EOS}:1",
             special_tokens=[(QWEN_EOS, eos_id)])
     return tok
+
+
+def save_with_settings(tokenizer, folder: Path) -> None:
+    """``save_tokenizer`` plus the wrapper settings transformers 5 does not save
+    when they were set after loading (padding side, maximum length, pad token)."""
+    from .loading import save_tokenizer
+
+    save_tokenizer(tokenizer, folder)
+    config_file = Path(folder) / "tokenizer_config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    config.update(padding_side=tokenizer.padding_side, model_max_length=tokenizer.model_max_length,
+                  pad_token=tokenizer.pad_token)
+    config_file.write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
 
 
 def _qwen_tokenizer_dir() -> Path:
@@ -148,7 +163,7 @@ def write_preset_folder(dest: Path, preset: DecoderPreset, *, seed: int, force: 
     tokenizer = qwen3_tokenizer(style, shape.max_positions)
     with staged_dir(dest, force=force) as tmp:
         (tmp / "config.json").write_text(json.dumps(qwen3_config(shape, style), indent=2))
-        tokenizer.save_pretrained(str(tmp))
+        save_with_settings(tokenizer, tmp)
         write_st_files(tmp, pooling="mean" if style == "pplx" else "last", normalize=style != "pplx",
                        dim=shape.hidden, prompts=preset.prompts)
         (tmp / "embedc_model.json").write_text(json.dumps({

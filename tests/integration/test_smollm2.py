@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from embedc.families import adapter_for, resolve_family
-from embedc.families.decoder import pool
+from embedc.exporter.wrapper import pool
 from embedc.models import load_tokenizer, resolve_model
 
 pytestmark = pytest.mark.integration

@@ -10,7 +10,7 @@ import torch
 
 from decoder_folders import tiny
 from embedc.families import POOLED_OUTPUT, adapter_for, resolve_family
-from embedc.families.decoder import pool
+from embedc.exporter.wrapper import pool
 from embedc.models import CATALOG, resolve_model
 
 TEXTS = ["Der schnelle braune Fuchs springt über den faulen Hund.", "猫が好きです",

@@ -12,7 +12,7 @@ import torch
 from decoder_folders import PPLX_AUTO_MAP, tiny, variant, with_pplx_remote_code, write_tiny_folder
 from embedc.errors import ModelSourceError
 from embedc.families import adapter_for, resolve_family
-from embedc.families.decoder import pool
+from embedc.exporter.wrapper import pool
 from embedc.families.decoder_remote import remote_code_parity
 from embedc.models import resolve_model
 
