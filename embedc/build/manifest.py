@@ -13,7 +13,7 @@ MANIFEST = "manifest.json"
 
 
 def build_manifest(spec, source, ref_meta: dict, split_summary: dict, outcomes, folder: Path, *,
-                   seconds: float, bench: dict | None = None) -> dict:
+                   seconds: float, bench: dict | None = None, remote_parity: dict | None = None) -> dict:
     artifacts = []
     for o in outcomes:
         entry = {"name": o.name, "target": o.target, "backend": _backend_name(o.target), "precision": o.precision,
@@ -56,6 +56,7 @@ def build_manifest(spec, source, ref_meta: dict, split_summary: dict, outcomes, 
         "verdict": "pass" if all(a["status"] == "pass" for a in artifacts) else
                    ("error" if any(a["status"] == "error" for a in artifacts) else "fail"),
         "bench": bench,
+        "remote_code_parity": remote_parity,
         "seconds": round(seconds, 1),
     }
     write_json_atomic(Path(folder) / MANIFEST, manifest)

@@ -64,6 +64,7 @@ def build(spec: BuildSpec, *, force: bool = False, cache_dir: Path | None = None
     p.tokenizer = load_tokenizer(dataclasses.replace(p.source, path=export_dir))  # the tokenizer artifacts carry
     data = stages.data(p)
     reference_dir = stages.reference(p, data, cache)
+    remote = stages.remote_code_parity(p, data)
     p.out.absolute().parent.mkdir(parents=True, exist_ok=True)
     work_root = Path(tempfile.mkdtemp(prefix=f".{p.out.name}.work-", dir=p.out.absolute().parent))
     try:
@@ -72,7 +73,7 @@ def build(spec: BuildSpec, *, force: bool = False, cache_dir: Path | None = None
         outcomes = (executor or LocalExecutor()).run(jobs, on_done=_log_outcome)
     finally:
         shutil.rmtree(work_root, ignore_errors=True)
-    return assemble(p, data, export_dir, ref_meta, jobs, outcomes, t_start, force=force)
+    return assemble(p, data, export_dir, ref_meta, jobs, outcomes, t_start, force=force, remote_parity=remote)
 
 
 def resolve_pair(target, precision: str, options: dict) -> tuple[dict, dict]:
@@ -114,7 +115,7 @@ def plan_jobs(p: stages.Prepared, data: stages.BuildData, export_dir: Path, expo
 
 
 def assemble(p: stages.Prepared, data: stages.BuildData, export_dir: Path, ref_meta: dict, jobs, outcomes,
-             t_start: float, *, force: bool) -> BuildResult:
+             t_start: float, *, force: bool, remote_parity: dict | None = None) -> BuildResult:
     """The build folder: the reference export, every passing artifact with
     its per-build facts (gates and where they came from, the corpus it was
     judged on), benchmarks, manifest.json, report.md, report.html."""
@@ -137,7 +138,7 @@ def assemble(p: stages.Prepared, data: stages.BuildData, export_dir: Path, ref_m
                 write_meta(stage / o.path, o.meta)  # per-build facts: the cache entry keeps the neutral copy
         bench = _bench(spec, stage, outcomes)
         manifest = build_manifest(spec, p.source, ref_meta, data.summary, outcomes, stage,
-                                  seconds=time.perf_counter() - t_start, bench=bench)
+                                  seconds=time.perf_counter() - t_start, bench=bench, remote_parity=remote_parity)
         result = BuildResult(p.out, manifest, outcomes)
         from ..reports.markdown import write_reports
 

@@ -220,3 +220,25 @@ def reference(p: Prepared, d: BuildData, cache: StageCache) -> Path:
     else:
         log.info("reference embeddings: cached (%s)", key[:12])
     return hit
+
+
+# ---- the model's own remote code, when the user allowed it ----------------------------------------
+REMOTE_PARITY_TEXTS = 64
+
+
+def remote_code_parity(p: Prepared, d: BuildData) -> dict | None:
+    """With ``--trust-remote-code`` on a model whose remote code embedc's
+    family reimplements (pplx-embed), how closely the two agree on the first
+    evaluation texts. None when it does not apply."""
+    from ..models.loading import read_config
+
+    config = read_config(p.source.path)
+    if not (p.source.trust_remote_code and "auto_map" in config and p.family.replaces_remote_code(config)):
+        return None
+    from ..families.decoder_remote import remote_code_parity as compare
+
+    log.info("comparing the model's own remote code with embedc's implementation")
+    texts = list(d.eval_texts[:REMOTE_PARITY_TEXTS])
+    return {**compare(p.source, texts, tokenizer=p.tokenizer, adapter=p.adapter),
+            "meaning": "embedc's own implementation (what every artifact is exported from) vs the model's remote "
+                       "code, torch FP32, per-text cosine"}

@@ -30,6 +30,12 @@ def render_markdown(manifest: dict) -> str:
     if manifest.get("random_weights"):
         lines += ["**random weights**: numbers below say nothing about accuracy.", ""]
     v = manifest["reference_export"]["validation"]
+    for note in manifest["model"].get("notes", []):  # e.g. "language model, not a trained embedder"
+        lines += [f"Note: {note}.", ""]
+    rp = manifest.get("remote_code_parity")
+    if rp:
+        lines += [f"Remote code vs embedc's own implementation ({rp['texts']} texts, torch FP32): mean cosine "
+                  f"{rp['mean_cosine']:.7f}, min {rp['min_cosine']:.7f}, max abs diff {rp['max_abs_diff']:.1e}.", ""]
     lines += [f"Reference export: opset {manifest['reference_export']['opset']}, validated on {v['texts']} texts, "
               f"min cosine {v['min_cosine']:.7f}, max abs diff {v['max_abs_diff']:.1e}.", "",
               f"Verdict: **{manifest['verdict']}**", "",

@@ -48,7 +48,7 @@ def test_cls_pooled_model_is_exported_and_judged_with_cls_pooling(tiny_source, t
     mean = torch.nn.functional.normalize((hidden * enc["attention_mask"][..., None]).sum(1)
                                          / enc["attention_mask"].sum(1, keepdim=True), dim=-1).numpy()
     got = load(tmp_path / "export").encode(["a short one", texts[1][len("query: "):]], kind="query")
-    assert cosines(got, cls).min() > 0.99999
+    assert cosines(got, cls).min() > 0.9999  # ONNX vs torch float noise on one token of a 32-wide random model
     assert cosines(got, mean).min() < 0.999  # it is not mean pooling
 
 
