@@ -81,7 +81,7 @@ def _buckets_option() -> opt.Option:
         try:  # lengths are checked against the model's max length at compile time
             return [b.to_dict() for b in shapes.parse_buckets(v, 1 << 30)]
         except TargetError as exc:
-            raise opt.Invalid(exc.hint or exc.message) from None
+            raise opt.Invalid(f"{exc.message}; {exc.hint}" if exc.hint else exc.message) from None
     return opt.Option(None, parse, "lengths or [batch, length] pairs")
 
 
