@@ -39,15 +39,13 @@ def unregister_backend(name: str) -> None:
 
 
 def _load_builtins() -> None:
+    """Import the built-in backend packages; each registers itself."""
     global _loaded
     if _loaded:
         return
     _loaded = True
     for mod_name in _BUILTIN:
-        mod = importlib.import_module(mod_name)
-        backend = getattr(mod, "BACKEND", None)
-        if backend is not None and backend.name not in _BACKENDS:
-            register_backend(backend, getattr(mod, "TARGETS", None))
+        importlib.import_module(mod_name)
 
 
 def backends() -> dict[str, Backend]:

@@ -33,7 +33,7 @@ from ...onnxkit.metrics import cosine_stats
 from ...onnxkit.qdq import keep_float_consumers
 from ...onnxkit.scopes import module_paths, select, select_strict
 from ...onnxkit.search import search
-from ...onnxkit.session import cpu_session, embed_feeds, import_quantization
+from ...onnxkit.session import cpu_session, embed_feeds, import_quantization, quiet_ort_logs
 from .graph import to_fp16
 from .prepared import QDQ_OPSET, SEARCH_LEVEL, Prepared, prepare
 from .search import Ranker, SearchTargets, capture_inputs, kept_report, scorer
@@ -98,12 +98,13 @@ def quantize_int8(model, ctx, work: Path, options: dict, tail) -> tuple[object, 
         if not chosen:  # an empty list means "all nodes" to quantize_static
             return prep.path
         reader.rewind()
-        q.quantize_static(str(prep.path), str(out), reader, quant_format=q.QuantFormat.QDQ,
-                          op_types_to_quantize=["MatMul"], nodes_to_quantize=chosen, per_channel=True,
-                          reduce_range=False, activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8,
-                          calibrate_method=getattr(q.CalibrationMethod, METHODS[method]),
-                          use_external_data_format=external, extra_options=extra,
-                          calibration_cache_path=str(cache))
+        with quiet_ort_logs():
+            q.quantize_static(str(prep.path), str(out), reader, quant_format=q.QuantFormat.QDQ,
+                              op_types_to_quantize=["MatMul"], nodes_to_quantize=chosen, per_channel=True,
+                              reduce_range=False, activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8,
+                              calibrate_method=getattr(q.CalibrationMethod, METHODS[method]),
+                              use_external_data_format=external, extra_options=extra,
+                              calibration_cache_path=str(cache))
         save_model(keep_float_consumers(onnx.load(str(out)), set(chosen)), out)
         return out
 
