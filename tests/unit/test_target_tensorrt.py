@@ -8,6 +8,7 @@ which never claims parity)."""
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import shlex
 import shutil
@@ -434,8 +435,7 @@ def _copy(folder, tmp_path):
     return dst
 
 
-@pytest.mark.skipif(
-    __import__("importlib.util").util.find_spec("tensorrt") is not None, reason="this host has TensorRT")
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="this host has TensorRT")
 def test_engine_without_gpu_checks_the_artifact_then_names_what_is_missing(trt_artifact, tmp_path):
     folder = _copy(trt_artifact[0], tmp_path)
     before = (folder / "embedc.json").read_bytes()
