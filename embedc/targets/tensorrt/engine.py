@@ -220,10 +220,26 @@ class TensorRTEngine:
                 "tensorrt": self.trt.__version__, "cuda": torch.version.cuda, "runner": "TensorRT"}
 
     def build(self, artifact_dir: Path, timing_cache: Path | None) -> Path:
-        return build_engine(artifact_dir, timing_cache)
+        try:
+            return build_engine(artifact_dir, timing_cache)
+        except (CompileError, ArtifactError, MissingDependencyError):
+            raise
+        except Exception as exc:  # TensorRT's own errors: one line, never a raw traceback
+            raise CompileError(f"TensorRT engine build failed: {_first_line(exc)}",
+                               "see the TensorRT log above; check the TensorRT version and the GPU") from exc
 
     def runner(self, plan: Path) -> EngineRunner:
-        return EngineRunner(plan)
+        try:
+            return EngineRunner(plan)
+        except (ArtifactError, MissingDependencyError):
+            raise
+        except Exception as exc:
+            raise ArtifactError(f"TensorRT cannot run {plan}: {_first_line(exc)}",
+                                "rebuild the engine on this GPU with this TensorRT") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
 
 
 def _recorded_gates(meta: dict) -> list:
@@ -245,7 +261,7 @@ def _sha256(path: Path) -> str:
 
 
 def record_engine(artifact_dir: Path, engine: EngineStep | None = None, *, timing_cache: Path | None = None,
-                  cache_dir: Path | None = None, threads: int | None = None) -> dict:
+                  cache_dir: Path | None = None) -> dict:
     """Build the engine, run the evaluation split through it, record the ``engine`` section.
 
     The artifact is checked first (a TensorRT artifact with ``build.json`` and intact files),
