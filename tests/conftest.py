@@ -65,3 +65,67 @@ def compile_context(tiny_reference, tiny_tokenizer, tiny_splits, tmp_path):
     return CompileContext(reference_dir=tiny_reference, reference_meta=meta, calibration=tuple(batches),
                           length_stats=length_distribution(tiny_tokenizer, texts, 512), options={},
                           work_dir=tmp_path / "work")
+
+
+# ---- the scaled tiny model: parity floors a broken quantizer fails ------------------------------
+# The random tiny model's Linear layers barely move its output (weights ~N(0, 0.02) next to the
+# residual stream), so any quantization scores cosine 1.0 on it. Its copy with every Linear weight
+# x10 makes the layers matter: INT8 then scores ~0.9998, INT4 0.986-0.999, and INT8 weights rounded
+# to 4-bit resolution 0.947 (tests/unit/test_target_*.py hold the floors and that check).
+LINEAR_WEIGHT_SCALE = 10.0
+
+
+@pytest.fixture(scope="session")
+def scaled_reference(tiny_reference, tmp_path_factory) -> Path:
+    """The tiny export with every Linear weight x10 (its embedc.json re-hashed)."""
+    import shutil
+
+    import onnx
+    from onnx import numpy_helper
+
+    from embedc.artifact import file_inventory, read_meta, write_meta
+    from embedc.onnxkit.graph import weight_matmuls
+
+    out = tmp_path_factory.mktemp("scaled") / "export"
+    shutil.copytree(tiny_reference, out)
+    model = onnx.load(str(out / "model.onnx"))
+    inits = {i.name: i for i in model.graph.initializer}
+    for n in weight_matmuls(model):
+        t = inits[n.input[1]]
+        t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) * LINEAR_WEIGHT_SCALE, t.name))
+    onnx.save(model, str(out / "model.onnx"))
+    meta = read_meta(out)
+    meta.pop("format")
+    meta["files"] = file_inventory(out)
+    write_meta(out, meta)
+    return out
+
+
+@pytest.fixture()
+def scaled_context(compile_context, scaled_reference):
+    """compile_context on the scaled model."""
+    import dataclasses
+
+    from embedc.artifact import read_meta
+
+    return dataclasses.replace(compile_context, reference_dir=scaled_reference,
+                               reference_meta=read_meta(scaled_reference))
+
+
+@pytest.fixture(scope="session")
+def scaled_eval(scaled_reference, tiny_tokenizer, tiny_splits):
+    """Held-out texts in batches of 8 and the scaled reference ONNX's FP32 embeddings."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from embedc.artifact import read_meta
+    from embedc.calibration import PromptStyle, tokenize_batches
+
+    meta = read_meta(scaled_reference)
+    style = PromptStyle(meta["prefixes"]["query"], meta["prefixes"]["passage"])
+    batches = tokenize_batches(tiny_tokenizer, style.apply_all(tiny_splits.evaluation), batch_size=8,
+                               max_length=128, input_names=[i["name"] for i in meta["inputs"]])
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(str(scaled_reference / meta["model_file"]), opts, providers=["CPUExecutionProvider"])
+    return batches, np.concatenate([sess.run(["sentence_embedding"], b)[0] for b in batches])

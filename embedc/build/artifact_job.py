@@ -21,8 +21,9 @@ from ..errors import EmbedcError
 log = logging.getLogger("embedc")
 
 # embedc source that shapes every artifact besides its backend's own package
-ARTIFACT_CODE = ("targets/base.py", "parity/metrics.py", "parity/lengths.py", "parity/harness.py",
-                 "calibration/feeds.py", "runtime/st_compat.py", "build/artifact_job.py")
+ARTIFACT_CODE = ("targets/base.py", "targets/options.py", "targets/host.py", "onnxkit/*.py", "parity/metrics.py",
+                 "parity/lengths.py", "parity/harness.py", "calibration/feeds.py", "runtime/st_compat.py",
+                 "build/artifact_job.py")
 
 
 @dataclass(frozen=True)

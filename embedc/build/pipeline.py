@@ -28,10 +28,6 @@ from .keys import artifact_key
 
 log = logging.getLogger("embedc")
 
-# MERGE-T: until every backend declares `libraries`
-_LEGACY_LIBS = {"ort": ("onnx", "onnxruntime", "onnx-ir"), "openvino": ("openvino", "nncf"),
-                "tensorrt": ("onnx", "onnxruntime", "tensorrt")}
-
 
 @dataclass
 class BuildResult:
@@ -80,9 +76,11 @@ def resolve_pair(target, precision: str, options: dict) -> tuple[dict, dict]:
     """(resolved options, machine facts) of one pair, from its backend."""
     from ..targets.registry import get_backend
 
+    from ..targets.options import jsonable
+
     backend = get_backend(target)
     resolved = backend.resolve_options(target, precision, options)
-    return resolved, backend.cache_facts(target, precision, resolved)
+    return jsonable(resolved), backend.cache_facts(target, precision, resolved)
 
 
 def plan_jobs(p: stages.Prepared, data: stages.BuildData, export_dir: Path, export_key: str, ref_meta: dict,
@@ -96,11 +94,10 @@ def plan_jobs(p: stages.Prepared, data: stages.BuildData, export_dir: Path, expo
         target = get_target(target_name)
         backend = get_backend(target)
         options, facts = resolve_pair(target, precision, spec.options_for(target_name, precision))
-        libraries = backend.libraries or _LEGACY_LIBS.get(backend.name, ())
         key = artifact_key(export_key=export_key, target=target, precision=precision, options=options,
                            facts=facts, calibration_hash=data.calibration_hash, eval_hash=data.eval_hash,
                            style=p.style.to_dict(), calib_max_length=p.calib_max_length,
-                           eval_max_length=p.eval_max_length, versions=stages.versions_of(libraries),
+                           eval_max_length=p.eval_max_length, versions=stages.versions_of(backend.libraries),
                            shared_code=ARTIFACT_CODE, backend_package=backend.source_package)
         jobs.append(ArtifactJob(
             target=target, precision=precision, options=options, key=key, cache_root=str(cache.root),

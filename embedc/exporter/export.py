@@ -20,6 +20,7 @@ from ..families import resolve_family
 from ..fsutil import check_output_location, staged_dir
 from ..models import load_tokenizer, save_tokenizer
 from ..models.source import ModelSource
+from ..onnxkit.files import tensor_bytes_need_external_data
 from ..versions import library_versions
 from .validate import ValidationGate, validate_onnx
 from .wrapper import SentenceEmbedder
@@ -28,7 +29,6 @@ log = logging.getLogger("embedc")
 
 MODEL_FILE = "model.onnx"
 SUPPORTED_OPSETS = range(17, 21)  # LayerNormalization stays one op; no opset-23 Attention
-PROTOBUF_LIMIT = 2 * 1024**3 - 64 * 1024**2  # keep a margin under protobuf's 2 GiB
 _OUTPUT_MEANING = {
     "sentence_embedding": "{pooling} pooling over attention_mask, then L2 normalization",
     "last_hidden_state": "the network's token states (after its final {final_norm})",
@@ -55,7 +55,7 @@ def export_reference(source: ModelSource, out: Path, *, opset: int = 18, force: 
     model = family.load_torch(source, adapter)
     embedder = SentenceEmbedder(family, model, adapter).eval()
     n_params = sum(p.numel() for p in model.parameters())
-    external = n_params * 4 > PROTOBUF_LIMIT
+    external = tensor_bytes_need_external_data(n_params * 4)  # the one policy every ONNX stage shares
 
     with staged_dir(Path(out), force=force) as tmp:
         t0 = time.perf_counter()

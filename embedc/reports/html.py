@@ -16,10 +16,10 @@ def _marker(backend: str) -> str:
     from ..targets.registry import get_backend
 
     try:
-        caps = getattr(get_backend(backend), "capabilities", None)
+        caps = get_backend(backend).capabilities
     except TargetError:
         return "D"
-    return getattr(caps, "report_marker", None) or {"ort": "o", "openvino": "s", "tensorrt": "^"}.get(backend, "D")  # MERGE-T
+    return caps.report_marker
 _STYLE = ("body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1250px;color:#222}"
           "table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 9px;"
           "font-size:13px;text-align:right}td:first-child,th:first-child{text-align:left}th{background:#f3f3f3}"

@@ -33,16 +33,12 @@ sentence-transformers tokenizes with the artifact's saved pipeline on either sta
 """
 from __future__ import annotations
 
-import re
 import shutil
 from pathlib import Path
 
 from ..errors import ArtifactError
 from ..fsutil import write_json_atomic
 
-ST_BACKEND = {"ort": "onnx", "openvino": "openvino"}
-TOKEN_OUTPUT = "last_hidden_state"          # the name optimum reads
-OV_FILE_PATTERN = r"(.*)?openvino(.*)?\_(.*)?.xml$"  # optimum-intel 1.27 OVBaseModel._search_pattern
 _LEGACY = "pip install -c constraints-legacy.txt -e '.[st-backends]' (transformers 4.57)"
 REQUIRES = {
     "onnx": "sentence-transformers 5.1 with optimum-onnx 0.1.0, which needs transformers<4.58 "
@@ -56,35 +52,20 @@ _MARK = "\x00text\x00"  # a stand-in text: samples may not be empty
 
 def st_load_call(artifact_dir: Path, meta: dict) -> tuple[dict | None, str | None]:
     """``({"backend", "model_kwargs"}, None)`` if sentence-transformers can run
-    this artifact's model file, else ``(None, reason)``."""
-    backend = meta.get("backend") or "ort"  # the reference export has no backend; it runs in ORT
-    runtime = meta.get("runtime") or {}
-    if backend not in ST_BACKEND:
-        return None, (f"sentence-transformers has no backend for {backend} artifacts "
-                      "(it runs torch, onnx and openvino)")
-    if runtime.get("static_shapes"):
-        return None, ("static-shape bucket IRs (one per batch x length) need embedc's bucketing; "
-                      "sentence-transformers feeds dynamic shapes")
-    model_file = meta["model_file"]
-    path = Path(artifact_dir) / model_file
+    this artifact's model file, else ``(None, reason)``. The backend says
+    whether and how (its ``capabilities.st_backend`` and ``st_model_kwargs``)."""
+    from ..targets.registry import get_backend
+
+    backend = get_backend(meta.get("backend") or "ort")  # the reference export runs in ORT
+    if backend.capabilities.st_backend is None:
+        return None, f"sentence-transformers has no backend for {backend.name} artifacts"
+    path = Path(artifact_dir) / meta["model_file"]
     if not path.is_file():
         raise ArtifactError(f"model file {path} is missing", "rebuild the artifact")
-    if backend == "ort":
-        outputs = _onnx_outputs(path)
-        kwargs = {"file_name": model_file, "provider": (runtime.get("providers") or ["CPUExecutionProvider"])[0]}
-    else:
-        if not re.search(OV_FILE_PATTERN, model_file):
-            return None, (f"optimum-intel ignores the IR {model_file!r} (it looks for names matching "
-                          f"{OV_FILE_PATTERN}, e.g. openvino_model.xml) and would try to export PyTorch weights; "
-                          "the OpenVINO backend must save its IR as openvino_model.xml/.bin")
-        outputs = _openvino_outputs(path, Path(artifact_dir) / runtime.get("weights", Path(model_file).stem + ".bin"))
-        kwargs = {"file_name": model_file, "device": runtime.get("device", "CPU"),
-                  "ov_config": dict(runtime.get("config") or {})}
-    if TOKEN_OUTPUT not in outputs:
-        return None, (f"{model_file} has no {TOKEN_OUTPUT!r} output (outputs: {', '.join(sorted(outputs))}); "
-                      f"optimum reads the token embeddings by that name, so the exporter must name its "
-                      f"second output {TOKEN_OUTPUT!r}")
-    return {"backend": ST_BACKEND[backend], "model_kwargs": kwargs}, None
+    kwargs, reason = backend.st_model_kwargs(Path(artifact_dir), meta)
+    if kwargs is None:
+        return None, reason
+    return {"backend": backend.capabilities.st_backend, "model_kwargs": kwargs}, None
 
 
 def write_st_files(artifact_dir: Path, meta: dict, model_source_dir: Path | None) -> dict:
@@ -120,11 +101,8 @@ def write_st_files(artifact_dir: Path, meta: dict, model_source_dir: Path | None
                       {"model_type": "SentenceTransformer", "prompts": prompts, "default_prompt_name": None,
                        "similarity_fn_name": "cosine"})
     (artifact_dir / "1_Pooling").mkdir(exist_ok=True)
-    # the graph's own pooling: masked mean over every token, prompt included
-    write_json_atomic(artifact_dir / "1_Pooling" / "config.json", {
-        "word_embedding_dimension": dim, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True,
-        "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False,
-        "pooling_mode_weightedmean_tokens": False, "pooling_mode_lasttoken": False, "include_prompt": True})
+    # the graph's own pooling (the model's: mean, CLS or last token), prompt included
+    write_json_atomic(artifact_dir / "1_Pooling" / "config.json", _pooling(meta).st_config(dim))
     files = ["config.json", "modules.json", "sentence_bert_config.json", "config_sentence_transformers.json",
              "1_Pooling/config.json"]
     return {"loadable": True, "load": load, "prompts": prompts, "max_seq_length": max_seq_length,
@@ -158,13 +136,8 @@ def _hf_config(model_source_dir: Path | None, meta: dict) -> Path | None:
     return None
 
 
-def _onnx_outputs(path: Path) -> set[str]:
-    import onnx
+def _pooling(meta: dict):
+    from ..families import Pooling
 
-    return {o.name for o in onnx.load(str(path), load_external_data=False).graph.output}
-
-
-def _openvino_outputs(xml: Path, weights: Path) -> set[str]:
-    import openvino as ov
-
-    return {name for out in ov.Core().read_model(str(xml), str(weights)).outputs for name in out.get_names()}
+    adapter = meta.get("adapter")
+    return Pooling(**adapter["pooling"]) if adapter else Pooling("mean")

@@ -39,17 +39,13 @@ def unregister_backend(name: str) -> None:
 
 
 def _load_builtins() -> None:
+    """Import the built-in backend packages; each registers itself."""
     global _loaded
     if _loaded:
         return
     _loaded = True
     for mod_name in _BUILTIN:
-        mod = importlib.import_module(mod_name)
-        backend = getattr(mod, "BACKEND", None)
-        if backend is not None and backend.name not in _BACKENDS:
-            if not isinstance(backend, Backend):  # MERGE-T: a backend from before the contract
-                backend = _Legacy(backend, tuple(mod.TARGETS))
-            register_backend(backend, getattr(mod, "TARGETS", None))
+        importlib.import_module(mod_name)
 
 
 def backends() -> dict[str, Backend]:
@@ -82,21 +78,3 @@ def get_backend(target: Target | str) -> Backend:
     if name not in _BACKENDS:
         raise TargetError(f"no backend {name!r} is registered", f"known backends: {', '.join(_BACKENDS)}")
     return _BACKENDS[name]
-
-
-class _Legacy(Backend):  # MERGE-T: removed once every backend implements the contract
-    def __init__(self, inner, targets):
-        self.inner, self.name, self.targets = inner, inner.name, targets
-
-    @property
-    def source_package(self) -> str:
-        return type(self.inner).__module__.rpartition(".")[0]
-
-    def resolve_options(self, target, precision, options):
-        return dict(options)
-
-    def compile(self, target, precision, ctx, out_dir):
-        return self.inner.compile(target, precision, ctx, out_dir)
-
-    def load(self, artifact_dir, meta, *, threads=None):
-        return self.inner.load(artifact_dir, meta, threads=threads)

@@ -12,7 +12,6 @@ openvino / nncf are imported inside functions (``embedc[openvino]`` extra).
 """
 from __future__ import annotations
 
-import ast
 import contextlib
 import logging
 import os
@@ -20,14 +19,17 @@ import re
 import sys
 import time
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from ...errors import ArtifactError, CompileError, MissingDependencyError, TargetError
+from ...errors import ArtifactError, CompileError, EmbedcError, MissingDependencyError, TargetError
 from ...machine import cpu_flags
+from .. import options as opt
+from ..base import Backend, Capabilities, CompileContext, CompileResult, Target
+from ..registry import check_precision
 from . import shapes
-from ..base import CompileContext, CompileResult, Target
 
 PRECISIONS = ("fp32", "fp16", "int8-static", "int8-weights", "int4")
 INSTALL_HINT = "pip install 'embedc[openvino]'"
@@ -55,13 +57,6 @@ TARGETS = (
            notes=("NPU compiles static shapes only; inputs are padded to the smallest bucket that fits",)),
 )
 
-# Option keys each precision accepts (besides "device", and "buckets" on NPU).
-_PRECISION_OPTIONS = {
-    "fp32": (), "fp16": (),
-    "int8-static": ("smooth_quant_alpha", "overflow_fix", "ignored_scopes", "preset"),
-    "int8-weights": ("mode",),
-    "int4": ("mode", "group_size", "ratio", "all_layers", "backup_mode", "scale_estimation", "awq"),
-}
 # int8-static SmoothQuant alpha for MatMul: NNCF's TRANSFORMER default is 0.95; 0.85 measured
 # best on multilingual-e5-small (min cosine 0.9985 vs 0.9957) and MiniLM (0.968 vs 0.928).
 DEFAULT_SQ_ALPHA = 0.85
@@ -75,6 +70,58 @@ DEFAULT_SQ_ALPHA = 0.85
 INT4_DEFAULTS = {"mode": "int4_asym", "group_size": 32, "ratio": 0.5, "all_layers": False,
                  "backup_mode": "int8_asym", "scale_estimation": True, "awq": False}
 _VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+TOKEN_OUTPUT = "last_hidden_state"   # the name optimum-intel reads
+OV_FILE_PATTERN = r"(.*)?openvino(.*)?\_(.*)?.xml$"  # optimum-intel 1.27 OVBaseModel._search_pattern
+
+
+def _buckets_option() -> opt.Option:
+    def parse(v):
+        if v is None:
+            return None
+        try:  # lengths are checked against the model's max length at compile time
+            return [b.to_dict() for b in shapes.parse_buckets(v, 1 << 30)]
+        except TargetError as exc:
+            raise opt.Invalid(f"{exc.message}; {exc.hint}" if exc.hint else exc.message) from None
+    return opt.Option(None, parse, "lengths or [batch, length] pairs")
+
+
+def _group_size() -> opt.Option:
+    def parse(v):
+        if isinstance(v, bool) or not isinstance(v, int) or v == 0 or v < -1:
+            raise opt.Invalid("use a positive integer (e.g. 32, 64, 128) or -1 for per-channel")
+        return v
+    return opt.Option(INT4_DEFAULTS["group_size"], parse, "a positive integer or -1")
+
+
+def _device_option(family: str) -> opt.Option:
+    def parse(v):
+        m = re.fullmatch(r"(CPU|GPU|NPU)(\.\d+)?", str(v or "").upper())
+        if not m:
+            raise opt.Invalid("use CPU, GPU or NPU (optionally indexed, e.g. GPU.1)")
+        if m.group(1) != family:
+            raise opt.Invalid(f"this target is for {family}; use target openvino-{m.group(1).lower()} for {m.group(1)}")
+        return str(v).upper()
+    return opt.Option(family, parse, "CPU, GPU or NPU")
+
+
+def _schema(target: Target, precision: str) -> dict[str, opt.Option]:
+    common = {"device": _device_option(target.settings["ov_device"])}
+    if target.settings.get("static_shapes"):
+        common["buckets"] = _buckets_option()
+    per = {
+        "fp32": {}, "fp16": {},
+        "int8-static": {"smooth_quant_alpha": opt.number(DEFAULT_SQ_ALPHA, lo=-1.0, hi=1.0),
+                        "overflow_fix": opt.choice("auto", ("auto", "enable", "disable", "first_layer_only")),
+                        "preset": opt.choice("mixed", ("mixed", "performance")), "exclude": opt.patterns()},
+        "int8-weights": {"mode": opt.choice("int8_asym", ("int8_asym", "int8_sym"))},
+        "int4": {"mode": opt.choice(INT4_DEFAULTS["mode"], ("int4_asym", "int4_sym")), "group_size": _group_size(),
+                 "ratio": opt.number(INT4_DEFAULTS["ratio"], lo=0.0, hi=1.0, open_lo=True),
+                 "all_layers": opt.flag(INT4_DEFAULTS["all_layers"]),
+                 "backup_mode": opt.choice(INT4_DEFAULTS["backup_mode"], ("int8_asym", "int8_sym", "none")),
+                 "scale_estimation": opt.flag(INT4_DEFAULTS["scale_estimation"]),
+                 "awq": opt.flag(INT4_DEFAULTS["awq"])},
+    }
+    return {**common, **per[precision]}
 
 
 # ---- imports and settings --------------------------------------------------
@@ -106,56 +153,9 @@ def _nncf_output(nncf):
         yield
 
 
-def _device(target: Target, options: dict) -> str:
-    """The OpenVINO device name (CPU, GPU, NPU, or an indexed one like GPU.1)."""
-    family = target.settings.get("ov_device")
-    dev = str(options.get("device", family) or "")
-    m = re.fullmatch(r"(CPU|GPU|NPU)(\.\d+)?", dev.upper())
-    if not m or family not in ("CPU", "GPU", "NPU"):
-        raise TargetError(f"unknown OpenVINO device {dev!r} for target {target.name}",
-                          "use CPU, GPU or NPU (optionally indexed, e.g. GPU.1)")
-    if m.group(1) != family:
-        raise TargetError(f"device {dev} does not belong to target {target.name} ({family})",
-                          f"use target openvino-{m.group(1).lower()} for {m.group(1)}")
-    return dev.upper()
-
-
-def _check_options(target: Target, precision: str, options: dict) -> None:
-    if precision not in PRECISIONS:
-        raise TargetError(f"OpenVINO has no precision {precision!r}", f"choose one of: {', '.join(PRECISIONS)}")
-    allowed = {"device", *_PRECISION_OPTIONS[precision]}
-    if target.settings.get("static_shapes"):
-        allowed.add("buckets")
-    unknown = sorted(set(options) - allowed)
-    if unknown:
-        raise TargetError(f"unknown option(s) {', '.join(unknown)} for {target.name} {precision}",
-                          f"valid options: {', '.join(sorted(allowed))}")
-
-
-def _flag(opts: dict, name: str) -> bool:
-    value = opts[name]
-    if not isinstance(value, bool):  # "False" from a CLI string must not read as True
-        raise TargetError(f"option {name} must be true or false, got {value!r}", f"write {name}=true or {name}=false")
-    return value
-
-
-def _number(opts: dict, name: str, kind=float):
-    value = opts[name]
-    try:
-        if isinstance(value, bool) or kind(value) != float(value):
-            raise ValueError
-        return kind(value)
-    except (TypeError, ValueError):
-        raise TargetError(f"option {name} must be a{'n integer' if kind is int else ' number'}, got {value!r}",
-                          f"e.g. {name}={INT4_DEFAULTS.get(name, DEFAULT_SQ_ALPHA)}") from None
-
-
-def _enum(enum_cls, value, what: str):
-    try:
-        return value if isinstance(value, enum_cls) else enum_cls(str(value).lower())
-    except ValueError:
-        valid = ", ".join(e.value for e in enum_cls)
-        raise TargetError(f"invalid {what} {value!r}", f"choose one of: {valid}") from None
+def _enum(enum_cls, value: str):
+    """An NNCF enum from an option already validated by the schema."""
+    return enum_cls(str(value).lower())
 
 
 # ---- calibration, names ----------------------------------------------------
@@ -172,69 +172,54 @@ def _calibration_rows(ctx: CompileContext, input_names: list[str]) -> list[dict[
 
 
 def module_paths(onnx_path: Path) -> dict[str, str]:
-    """ONNX node name -> torch module path (from the dynamo exporter's
-    ``pkg.torch.onnx.name_scopes``); OpenVINO keeps node names as op names."""
+    """ONNX node name -> torch module path (:mod:`embedc.onnxkit.scopes`); OpenVINO keeps
+    ONNX node names as its ops' friendly names."""
     import onnx
 
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    out = {}
-    for node in model.graph.node:
-        for prop in node.metadata_props:
-            if prop.key == "pkg.torch.onnx.name_scopes":
-                scopes = ast.literal_eval(prop.value)  # [..., module path, op name]
-                out[node.name] = scopes[-2] if len(scopes) >= 2 else ""
-    return out
+    from ...onnxkit.scopes import module_paths as paths_of
+
+    return paths_of(onnx.load(str(onnx_path), load_external_data=False))
 
 
-def _ignored_scope(nncf, model, ctx: CompileContext, patterns) -> tuple[object | None, dict]:
-    """Patterns are regexes over module paths (e.g. ``layer\\.11\\.output\\.dense``)."""
+def _ignored_scope(nncf, model, ctx: CompileContext, patterns: Sequence[str]) -> tuple[object | None, dict]:
+    """The MatMul/Gather ops whose module path an ``exclude`` pattern matches (the shared grammar)."""
+    from ...onnxkit.scopes import select_strict
+
     if not patterns:
         return None, {"patterns": [], "modules": [], "nodes": 0}
-    if isinstance(patterns, str):
-        patterns = [patterns]
     paths = module_paths(ctx.reference_onnx)
-    op_names = {op.get_friendly_name() for op in model.get_ops() if op.get_type_name() in ("MatMul", "Gather")}
-    nodes, modules = [], set()
-    for pat in patterns:
-        try:
-            rx = re.compile(pat)
-        except re.error as exc:
-            raise TargetError(f"ignored scope {pat!r} is not a valid regex ({exc})",
-                              "write module-path regexes, e.g. 'layer\\.11\\.output\\.dense'") from None
-        hits = sorted(n for n in op_names if n in paths and rx.search(paths[n]))
-        if not hits:
-            raise TargetError(f"ignored scope {pat!r} matches no MatMul/Gather module path",
-                              "use paths like 'encoder.layer.11.output.dense' (see the export's name scopes)")
-        nodes += hits
-        modules.update(paths[n] for n in hits)
-    nodes = sorted(set(nodes))
-    return nncf.IgnoredScope(names=nodes), {"patterns": list(patterns), "modules": sorted(modules),
+    ops = {op.get_friendly_name() for op in model.get_ops() if op.get_type_name() in ("MatMul", "Gather")}
+    nodes = sorted(select_strict({n: paths[n] for n in sorted(ops) if n in paths}, patterns,
+                                 what="MatMul or Gather"))
+    return nncf.IgnoredScope(names=nodes), {"patterns": list(patterns), "modules": sorted({paths[n] for n in nodes}),
                                             "nodes": len(nodes)}
 
 
 # ---- CPU capability -> overflow fix ----------------------------------------
-def cpu_has_vnni(ov) -> tuple[bool, str]:
+def cpu_has_vnni() -> tuple[bool, str]:
     """Whether this CPU has int8 dot-product instructions (VNNI/AMX), and the evidence."""
     flags = cpu_flags()
     if flags is not None:
         hits = sorted(flags & _VNNI_FLAGS)
         return bool(hits), "cpuinfo flags: " + (", ".join(hits) if hits else "no avx512_vnni/avx_vnni/amx_int8")
-    caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    caps = _import_openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     # OpenVINO lists BF16 only on AVX512-BF16/AMX CPUs, all of which have VNNI
     return "BF16" in caps, f"OpenVINO CPU capabilities: {', '.join(caps)}"
 
 
-def _overflow_fix(nncf, ov, device: str, value) -> tuple[object, str]:
-    of = nncf.OverflowFix
-    if value not in (None, "auto"):
-        return _enum(of, value, "overflow_fix"), "set by the overflow_fix option"
+def overflow_fix_choice(device: str, value: str) -> tuple[str, str]:
+    """NNCF's overflow fix (``enable`` / ``disable`` / ``first_layer_only``) and why.
+    ``auto`` on a CPU target reads the build CPU: this is a machine-dependent
+    choice, so it is part of the artifact's cache facts."""
+    if value != "auto":
+        return value, "set by the overflow_fix option"
     if not device.startswith("CPU"):
-        return of.DISABLE, f"{device} has no x86 int8 saturation issue"
-    vnni, evidence = cpu_has_vnni(ov)
+        return "disable", f"{device} has no x86 int8 saturation issue"
+    vnni, evidence = cpu_has_vnni()
     if vnni:
-        return of.DISABLE, (f"build CPU has VNNI/AMX ({evidence}): no u8*s8 saturation; "
-                            "rebuild with overflow_fix=enable for AVX2-only CPUs")
-    return of.ENABLE, (f"build CPU lacks VNNI ({evidence}): 7-bit weights avoid VPMADDUBSW saturation")
+        return "disable", (f"build CPU has VNNI/AMX ({evidence}): no u8*s8 saturation; "
+                           "rebuild with overflow_fix=enable for AVX2-only CPUs")
+    return "enable", f"build CPU lacks VNNI ({evidence}): 7-bit weights avoid VPMADDUBSW saturation"
 
 
 # ---- precision steps: model -> (model, recipe, compress_to_fp16) -----------
@@ -251,10 +236,11 @@ def _int8_static(ov, nncf, model, ctx, opts, device):
 
     names = [p.get_any_name() for p in model.inputs]
     rows = _calibration_rows(ctx, names)
-    alpha = _number({"smooth_quant_alpha": DEFAULT_SQ_ALPHA, **opts}, "smooth_quant_alpha")
-    fix, why = _overflow_fix(nncf, ov, device, opts.get("overflow_fix"))
-    preset = _enum(nncf.QuantizationPreset, opts.get("preset", "mixed"), "preset")
-    ignored, ignored_rec = _ignored_scope(nncf, model, ctx, opts.get("ignored_scopes"))
+    alpha = opts["smooth_quant_alpha"]
+    fix_name, why = overflow_fix_choice(device, opts["overflow_fix"])
+    fix = _enum(nncf.OverflowFix, fix_name)
+    preset = _enum(nncf.QuantizationPreset, opts["preset"])
+    ignored, ignored_rec = _ignored_scope(nncf, model, ctx, opts["exclude"])
     target_device = nncf.TargetDevice[device.split(".")[0]]
     quantized = nncf.quantize(
         model, nncf.Dataset(rows), model_type=nncf.ModelType.TRANSFORMER, preset=preset,
@@ -269,32 +255,21 @@ def _int8_static(ov, nncf, model, ctx, opts, device):
 
 
 def _int8_weights(ov, nncf, model, ctx, opts, device):
-    mode = _enum(nncf.CompressWeightsMode, opts.get("mode", "int8_asym"), "int8-weights mode")
-    if mode not in (nncf.CompressWeightsMode.INT8_ASYM, nncf.CompressWeightsMode.INT8_SYM):
-        raise TargetError(f"int8-weights mode must be int8_asym or int8_sym, got {mode.value}",
-                          "use precision int4 for 4-bit modes")
+    mode = _enum(nncf.CompressWeightsMode, opts["mode"])
     return nncf.compress_weights(model, mode=mode), {"call": "nncf.compress_weights", "mode": mode.value}, False
 
 
 def _int4(ov, nncf, model, ctx, opts, device):
     from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
 
-    o = {**INT4_DEFAULTS, **opts}
-    mode = _enum(nncf.CompressWeightsMode, o["mode"], "int4 mode")
-    if mode not in (nncf.CompressWeightsMode.INT4_SYM, nncf.CompressWeightsMode.INT4_ASYM):
-        raise TargetError(f"int4 mode must be int4_sym or int4_asym, got {mode.value}",
-                          "use precision int8-weights for 8-bit modes")
-    ratio = _number(o, "ratio")
-    if not 0.0 < ratio <= 1.0:
-        raise TargetError(f"int4 ratio {ratio} is outside (0, 1]",
-                          "ratio is the share of weight parameters in 4 bits")
-    kwargs = dict(mode=mode, group_size=_number(o, "group_size", int), ratio=ratio,
-                  all_layers=_flag(o, "all_layers"),
-                  backup_mode=_enum(nncf.BackupMode, o["backup_mode"], "backup_mode"),
+    mode = _enum(nncf.CompressWeightsMode, opts["mode"])
+    ratio = opts["ratio"]
+    kwargs = dict(mode=mode, group_size=opts["group_size"], ratio=ratio, all_layers=opts["all_layers"],
+                  backup_mode=_enum(nncf.BackupMode, opts["backup_mode"]),
                   # a group size that does not divide a layer's width is shrunk (>= 32), not fatal
                   advanced_parameters=AdvancedCompressionParameters(
                       group_size_fallback_mode=GroupSizeFallbackMode.ADJUST))
-    algos = {k: _flag(o, k) for k in ("scale_estimation", "awq")}
+    algos = {k: opts[k] for k in ("scale_estimation", "awq")}
     # the calibration set drives mixed precision (which layers stay 8-bit) and SE/AWQ; else unused
     data_aware = ratio < 1.0 or any(algos.values())
     if data_aware:
@@ -369,21 +344,48 @@ def _pad_token_id(reference_dir: Path) -> int:
 
 
 # ---- backend ----------------------------------------------------------------
-class OpenVINOBackend:
+class OpenVINOBackend(Backend):
     name = "openvino"
+    targets = TARGETS
+    libraries = ("openvino", "nncf")
+    capabilities = Capabilities(st_backend="openvino", engine=False, report_marker="s")
+
+    def resolve_options(self, target: Target, precision: str, options: Mapping) -> dict:
+        check_precision(target, precision)
+        return opt.resolve(_schema(target, precision), options, f"{precision} on {target.name}")
+
+    def cache_facts(self, target: Target, precision: str, options: Mapping) -> dict:
+        """The build CPU's kernel family (parity runs the IR on its CPU plugin) and,
+        for int8-static with ``overflow_fix=auto``, the fix that CPU picks."""
+        from ..host import cpu_kernel_facts
+
+        facts = cpu_kernel_facts()
+        if precision == "int8-static":
+            resolved = self.resolve_options(target, precision, options)
+            facts["overflow_fix"] = overflow_fix_choice(resolved["device"], resolved["overflow_fix"])[0]
+        return facts
 
     def compile(self, target: Target, precision: str, ctx: CompileContext, out_dir: Path) -> CompileResult:
-        _check_options(target, precision, ctx.options)
-        device = _device(target, ctx.options)
-        opts = {k: v for k, v in ctx.options.items() if k not in ("device", "buckets")}
+        options = self.resolve_options(target, precision, ctx.options)
+        device = options["device"]
+        opts = {k: v for k, v in options.items() if k not in ("device", "buckets")}
         buckets = None
         if target.settings.get("static_shapes"):  # validate before the slow steps
             max_len = int(ctx.reference_meta.get("max_length", 512))
-            buckets = (shapes.parse_buckets(ctx.options["buckets"], max_len) if "buckets" in ctx.options
+            buckets = (shapes.parse_buckets(options["buckets"], max_len) if options.get("buckets") is not None
                        else shapes.default_buckets(ctx.length_stats, max_len))
         ov = _import_openvino()
         nncf = _import_nncf() if precision not in ("fp32", "fp16") else None
-        out_dir = Path(out_dir)
+        try:
+            return self._compile(ov, nncf, target, precision, ctx, Path(out_dir), device, opts, buckets)
+        except EmbedcError:
+            raise
+        except Exception as exc:  # OpenVINO / NNCF raise plain exceptions with long messages
+            raise CompileError(f"OpenVINO {precision} compile for {target.name} failed: {_first_line(exc)}",
+                               "try other options for this precision (see 'embedc targets')") from exc
+
+    def _compile(self, ov, nncf, target: Target, precision: str, ctx: CompileContext, out_dir: Path, device: str,
+                 opts: dict, buckets) -> CompileResult:
         out_dir.mkdir(parents=True, exist_ok=True)
         input_names = ctx.input_names
         seconds = {}
@@ -401,7 +403,7 @@ class OpenVINOBackend:
         try:
             with _nncf_output(nncf) if nncf else contextlib.nullcontext():
                 model, step, fp16 = _STEPS[precision](ov, nncf, model, ctx, opts, device)
-        except (TargetError, CompileError):
+        except EmbedcError:
             raise
         except Exception as exc:  # NNCF errors are plain exceptions with long messages
             raise CompileError(f"{precision} optimization failed: {_first_line(exc)}",
@@ -425,7 +427,8 @@ class OpenVINOBackend:
         saved = ov.Core().read_model(str(out_dir / model_file), str(out_dir / WEIGHTS))
         _check_io(saved, input_names, f"the saved IR {model_file}")
         recipe = {"converter": "openvino.convert_model(reference ONNX)", "precision": precision,
-                  "save_model": {"compress_to_fp16": fp16}, **step, "ir": ir_summary(saved),
+                  "options": opt.jsonable(opts), "save_model": {"compress_to_fp16": fp16}, **step,
+                  "ir": ir_summary(saved),
                   "ir_bytes": sum(p.stat().st_size for p in out_dir.iterdir() if p.suffix in (".xml", ".bin")),
                   "seconds": {k: round(v, 2) for k, v in seconds.items()},
                   "versions": {"openvino": ov.get_version(), **({"nncf": nncf.__version__} if nncf else {})}}
@@ -496,13 +499,47 @@ class OpenVINOBackend:
             if not path.is_file() or not weights.is_file():
                 raise ArtifactError(f"OpenVINO IR {path} or its weights {weights.name} is missing",
                                     "rebuild the artifact")
-            return core.compile_model(core.read_model(str(path), str(weights)), "CPU", config)
+            try:
+                return core.compile_model(core.read_model(str(path), str(weights)), "CPU", config)
+            except Exception as exc:  # OpenVINO raises bare RuntimeErrors
+                raise ArtifactError(f"OpenVINO cannot load {path}: {_first_line(exc)}",
+                                    "rebuild the artifact; check the openvino version it was built with") from exc
 
         if runtime.get("static_shapes"):
             compiled = {shapes.Bucket(length=e["length"], batch=e["batch"]): compile_ir(e["model"])
                         for e in runtime["buckets"]}
             return _BucketRunner(compiled, int(runtime.get("pad_token_id", 0)))
         return _Runner(compile_ir(meta["model_file"]))
+
+    def model_files(self, artifact_dir: Path, meta: dict) -> list[str]:
+        """Every IR (one per NPU bucket) and the shared weights file."""
+        folder = Path(artifact_dir)
+        runtime = meta.get("runtime") or {}
+        xmls = [e["model"] for e in runtime["buckets"]] if runtime.get("static_shapes") else [meta["model_file"]]
+        return sorted({*xmls, runtime.get("weights", WEIGHTS)} & {p.name for p in folder.iterdir()})
+
+    def st_model_kwargs(self, artifact_dir: Path, meta: dict) -> tuple[dict | None, str | None]:
+        """optimum-intel's ``OVModelForFeatureExtraction`` loads dynamic-shape IRs named like
+        ``openvino_model.xml`` and reads the token states by the name ``last_hidden_state``."""
+        runtime = meta.get("runtime") or {}
+        if runtime.get("static_shapes"):
+            return None, ("static-shape bucket IRs (one per batch x length) need embedc's bucketing; "
+                          "sentence-transformers feeds dynamic shapes")
+        model_file = meta["model_file"]
+        path = Path(artifact_dir) / model_file
+        if not path.is_file():
+            raise ArtifactError(f"model file {path} is missing", "rebuild the artifact")
+        if not re.search(OV_FILE_PATTERN, model_file):
+            return None, (f"optimum-intel ignores the IR {model_file!r} (it looks for names matching "
+                          f"{OV_FILE_PATTERN}, e.g. openvino_model.xml) and would try to export PyTorch weights")
+        ov = _import_openvino()
+        weights = Path(artifact_dir) / runtime.get("weights", Path(model_file).stem + ".bin")
+        outputs = {n for out in ov.Core().read_model(str(path), str(weights)).outputs for n in out.get_names()}
+        if TOKEN_OUTPUT not in outputs:
+            return None, (f"{model_file} has no {TOKEN_OUTPUT!r} output (outputs: {', '.join(sorted(outputs))}); "
+                          f"optimum reads the token embeddings by that name")
+        return {"file_name": model_file, "device": runtime.get("device", "CPU"),
+                "ov_config": dict(runtime.get("config") or {})}, None
 
 
 def _select_inputs(names: list[str], feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -520,11 +557,13 @@ class _Runner:
         self.compiled = compiled
         self._request = compiled.create_infer_request()
         self._inputs = [p.get_any_name() for p in compiled.inputs]
-        self._output = compiled.output(OUTPUT)
+
+    def run(self, feeds: dict[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
+        result = self._request.infer(_select_inputs(self._inputs, feeds))
+        return {n: np.array(result[self.compiled.output(n)]) for n in outputs}
 
     def embed(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        result = self._request.infer(_select_inputs(self._inputs, feeds))
-        return np.array(result[self._output], dtype=np.float32)
+        return np.asarray(self.run(feeds, [OUTPUT])[OUTPUT], dtype=np.float32)
 
 
 class _BucketRunner:
@@ -536,11 +575,17 @@ class _BucketRunner:
         self._inputs = self._runners[self._buckets[0]]._inputs
         self._pad = {"input_ids": pad_token_id}  # every other input pads with 0
 
-    def embed(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    def run(self, feeds: dict[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
         feeds = _select_inputs(self._inputs, feeds)
-        parts = [self._runners[b].embed(padded)[:rows]
+        parts = [(rows, self._runners[b].run(padded, outputs))
                  for b, rows, padded in shapes.bucket_chunks(feeds, self._buckets, self._pad)]
-        return np.concatenate(parts, axis=0)
+        # token outputs come back at the bucket's length: cut to the batch's own
+        length = next(iter(feeds.values())).shape[1]
+        return {n: np.concatenate([r[n][:rows, :length] if r[n].ndim > 2 else r[n][:rows] for rows, r in parts])
+                for n in outputs}
+
+    def embed(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        return np.asarray(self.run(feeds, [OUTPUT])[OUTPUT], dtype=np.float32)
 
 
 BACKEND = OpenVINOBackend()

@@ -1,4 +1,7 @@
 """ONNX Runtime backend: CPU targets, fp32/fp16/int8/int4 recipes."""
-from .backend import BACKEND, PRECISIONS, TARGETS, resolve_options
+from ..registry import register_backend
+from .backend import BACKEND, PRECISIONS, TARGETS
 
-__all__ = ["BACKEND", "PRECISIONS", "TARGETS", "resolve_options"]
+register_backend(BACKEND)
+
+__all__ = ["BACKEND", "PRECISIONS", "TARGETS"]

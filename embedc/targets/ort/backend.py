@@ -1,5 +1,6 @@
-"""ONNX Runtime backend: CPU targets as data, compile (fp32 / fp16 / int8 / int4)
-and load. Import-light: onnx / onnxruntime load inside functions.
+"""ONNX Runtime backend: CPU targets as data, options as a schema, compile
+(fp32 / fp16 / int8 / int4) and load. Import-light: onnx / onnxruntime load
+inside functions.
 
 Per target, the INT8 kernel question is the one that matters: x86 without
 VNNI multiplies U8S8 with VPMADDUBSW, whose int16 pair sums can saturate
@@ -9,18 +10,21 @@ limit; arm64 kernels prefer symmetric S8S8.
 """
 from __future__ import annotations
 
-import platform
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from ...errors import ArtifactError, CompileError, EmbedcError, MissingDependencyError, TargetError
-from ..base import CompileContext, CompileResult, Target
+from .. import options as opt
+from ..base import Backend, Capabilities, CompileContext, CompileResult, Target
+from ..registry import check_precision
 
 PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8-static", "int4")
 MODEL_FILE = "model.onnx"
 OUTPUT = "sentence_embedding"
+TOKEN_OUTPUT = "last_hidden_state"   # the name optimum (sentence-transformers' onnx backend) reads
 PROVIDERS = ("CPUExecutionProvider",)
 
 _U8S8_7BIT = {"activation_type": "QUInt8", "weight_type": "QInt8", "reduce_range": True,
@@ -54,145 +58,122 @@ TARGETS = (
            notes=("ORT's arm64 MLAS kernels take S8S8 and U8S8; symmetric S8S8 is their fast path",)),
 )
 
-# ---- options per precision: defaults (also the schema: type and allowed values)
+# ---- options per precision (defaults and valid values)
 FP16_BLOCK = ("LayerNormalization", "SkipLayerNormalization", "Softmax", "Pow", "ReduceMean", "ReduceSum",
               "ReduceL2", "Sqrt", "Erf")
 CALIBRATE_METHODS = ("MinMax", "Entropy", "Percentile")
 DEFAULT_AUTO_EXCLUDE = 12
-DEFAULTS: dict[str, dict] = {
-    "fp32": {"optimization": "extended"},
-    "fp16": {"op_block_list": FP16_BLOCK},
-    "int8-dynamic": {"exclude": (), "quantize_embedding": True, "per_channel": True, "embedding_block_size": 128},
-    "int8-static": {"calibrate_method": "MinMax", "exclude": (), "auto_exclude": DEFAULT_AUTO_EXCLUDE,
-                    "target_mean": 0.998, "target_min": 0.99, "excluded_as": "int8-weight-only",
-                    "quantize_embedding": True, "embedding_block_size": 128, "percentile": 99.999,
-                    "smooth_quant": True, "smooth_alpha": "auto"},
-    "int4": {"algorithm": "default", "block_size": 32, "is_symmetric": True, "accuracy_level": 4,
-             "quantize_embedding": True, "embedding_bits": 4, "embedding_block_size": 64, "exclude": (),
-             "gptq_samples": 32, "auto_exclude": 0, "target_mean": 0.99, "target_min": 0.97},
-}
-CHOICES = {"optimization": ("extended", "basic", "disabled"), "calibrate_method": CALIBRATE_METHODS,
-           "excluded_as": ("int8-weight-only", "fp32"), "algorithm": ("default", "rtn", "gptq", "hqq"),
-           "embedding_bits": (4, 8), "accuracy_level": (0, 1, 2, 3, 4)}
+DEFAULT_INT4_BLOCK = 32
 BLOCK_SIZE_REASON = ("block 32 (ORT's default is 128): encoder weights are small (K = 384-1536) with outlier "
                      "rows; measured on all-MiniLM-L6-v2 (true FP32) mean cosine 0.941 at block 32 vs 0.924 at "
                      "64 and 0.911 at 128, for +0.125 byte/weight of scales. The embedding table uses block 64: "
                      "on multilingual-e5-small block 32 gives 15.8% of FP32, block 64 14.6% (mean 0.99979)")
 
 
-def resolve_options(precision: str, given: dict, target: str = "") -> dict:
+def _op_names(default: tuple[str, ...]) -> opt.Option:
+    def parse(v):
+        items = [v] if isinstance(v, str) else v
+        if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) and i for i in items):
+            raise opt.Invalid("use a list of ONNX op types, e.g. ['LayerNormalization', 'Softmax']")
+        return tuple(items)
+    return opt.Option(default, parse, "a list of ONNX op types")
+
+
+def _auto_exclude(default: int) -> opt.Option:
+    """true (the default cap), false (off) or a maximum count of MatMuls."""
+    def parse(v):
+        if isinstance(v, bool):
+            return DEFAULT_AUTO_EXCLUDE if v else 0
+        if isinstance(v, int) and v >= 0:
+            return v
+        raise opt.Invalid("pass true, false or a maximum count of MatMuls (>= 0)")
+    return opt.Option(default, parse, "true, false or a count")
+
+
+_TARGET_COSINE = dict(lo=0.0, hi=1.0, open_lo=True)
+SCHEMA: dict[str, dict[str, opt.Option]] = {
+    "fp32": {"optimization": opt.choice("extended", ("extended", "basic", "disabled"))},
+    "fp16": {"op_block_list": _op_names(FP16_BLOCK)},
+    "int8-dynamic": {"exclude": opt.patterns(), "quantize_embedding": opt.flag(True),
+                     "per_channel": opt.flag(True), "embedding_block_size": opt.integer(128, power_of_two=True)},
+    "int8-static": {"calibrate_method": opt.choice("MinMax", CALIBRATE_METHODS), "exclude": opt.patterns(),
+                    "auto_exclude": _auto_exclude(DEFAULT_AUTO_EXCLUDE),
+                    "target_mean": opt.number(0.998, **_TARGET_COSINE),
+                    "target_min": opt.number(0.99, **_TARGET_COSINE),
+                    "excluded_as": opt.choice("int8-weight-only", ("int8-weight-only", "fp32")),
+                    "quantize_embedding": opt.flag(True), "embedding_block_size": opt.integer(128, power_of_two=True),
+                    "percentile": opt.number(99.999, lo=90.0, hi=100.0), "smooth_quant": opt.flag(True),
+                    "smooth_alpha": opt.number("auto", lo=0.0, hi=1.0, words=("auto",))},
+    "int4": {"algorithm": opt.choice("default", ("default", "rtn", "gptq", "hqq")),
+             "block_size": opt.integer(DEFAULT_INT4_BLOCK, power_of_two=True), "is_symmetric": opt.flag(True),
+             "accuracy_level": opt.choice(4, (0, 1, 2, 3, 4)), "quantize_embedding": opt.flag(True),
+             "embedding_bits": opt.choice(4, (4, 8)), "embedding_block_size": opt.integer(64, power_of_two=True),
+             "exclude": opt.patterns(), "gptq_samples": opt.integer(32, lo=1), "auto_exclude": _auto_exclude(0),
+             "target_mean": opt.number(0.99, **_TARGET_COSINE), "target_min": opt.number(0.97, **_TARGET_COSINE)},
+}
+
+
+def resolve_options(precision: str, given: Mapping, target: str = "") -> dict:
     """Defaults overlaid with the user's options; unknown keys and bad values raise TargetError."""
-    defaults = DEFAULTS[precision]
-    where = f"{precision} on {target}" if target else precision
-    unknown = sorted(set(given) - set(defaults))
-    if unknown:
-        raise TargetError(f"unknown option {unknown[0]!r} for {where}",
-                          f"valid options: {', '.join(sorted(defaults))}")
-    out = dict(defaults)
-    for key, value in given.items():
-        out[key] = _coerce(key, value, defaults[key], where)
-    if precision == "int4":
-        out["block_size_reason"] = BLOCK_SIZE_REASON if "block_size" not in given else "set by the user"
-    return out
-
-
-def _coerce(key: str, value, default, where: str):
-    bad = TargetError(f"option {key}={value!r} is invalid for {where}", _hint(key, default))
-    if key == "auto_exclude":  # bool (default cap / off) or a max count
-        if isinstance(value, bool):
-            return DEFAULT_AUTO_EXCLUDE if value else 0
-        if isinstance(value, int) and value >= 0:
-            return value
-        raise bad
-    if key == "smooth_alpha":  # "auto" (per group, by output SQNR) or a fixed alpha
-        if isinstance(value, str) and value.lower() == "auto":
-            return "auto"
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0:
-            return float(value)
-        raise bad
-    if key == "calibrate_method" and isinstance(value, str):
-        match = {m.lower(): m for m in CALIBRATE_METHODS}.get(value.lower())
-        if match is None:
-            raise TargetError(f"unknown calibrate_method {value!r} for {where}", _hint(key, default))
-        return match
-    if key == "algorithm" and isinstance(value, str) and value.lower() not in CHOICES["algorithm"]:
-        raise TargetError(f"unknown int4 algorithm {value!r} for {where}", _hint(key, default))
-    if isinstance(default, tuple):
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-            raise bad
-        return tuple(value)
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise bad
-        return value
-    if isinstance(default, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
-        value = float(value)
-    elif isinstance(default, int) and (not isinstance(value, int) or isinstance(value, bool)):
-        raise bad
-    elif isinstance(default, str):
-        if not isinstance(value, str):
-            raise bad
-        value = value.lower()
-    if key in CHOICES and value not in CHOICES[key]:
-        raise bad
-    if key in ("block_size", "embedding_block_size") and (value < 16 or value & (value - 1)):
-        raise bad
-    if key in ("target_mean", "target_min") and not 0.0 < value <= 1.0:
-        raise bad
-    if key == "percentile" and not 90.0 <= value <= 100.0:
-        raise bad
-    return value
-
-
-def _hint(key: str, default) -> str:
-    if key == "calibrate_method":
-        return f"choose one of: {', '.join(CALIBRATE_METHODS)}"
-    if key in CHOICES:
-        return f"choose one of: {', '.join(map(str, CHOICES[key]))}"
-    if key == "auto_exclude":
-        return "pass true, false or a maximum count of MatMuls (>= 0)"
-    if key == "smooth_alpha":
-        return "pass 'auto' or a number in [0, 1]"
-    if key in ("block_size", "embedding_block_size"):
-        return "use a power of two >= 16 (e.g. 32, 64, 128)"
-    return f"expected a value like {default!r}"
+    return opt.resolve(SCHEMA[precision], given, f"{precision} on {target}" if target else precision)
 
 
 # ---- the backend
 def _require_ort():
     try:
-        import onnx  # noqa: F401, PLC0415
-        import onnxruntime as ort  # noqa: PLC0415
+        import onnx  # noqa: F401
+        import onnxruntime as ort
     except ImportError as exc:
         raise MissingDependencyError(f"the ort backend needs onnx and onnxruntime ({exc.name} is missing)",
-                                     "pip install 'embedc[ort]'") from exc
+                                     "pip install onnx onnxruntime (embedc dependencies)") from exc
     return ort
 
 
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+
+
 class OrtRunner:
-    """Runs ``sentence_embedding`` of an ORT artifact on the CPU execution provider."""
+    """Runs an ORT artifact on the CPU execution provider."""
 
     def __init__(self, session):
         self.session = session
         self.input_names = [i.name for i in session.get_inputs()]
+        self.output_names = [o.name for o in session.get_outputs()]
+
+    def run(self, feeds: dict[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
+        missing = [n for n in self.input_names if n not in feeds]
+        if missing:
+            raise ArtifactError(f"the ORT model needs input(s) {', '.join(missing)}",
+                                "tokenize with the artifact's input names")
+        got = self.session.run(list(outputs), {n: feeds[n] for n in self.input_names})
+        return dict(zip(outputs, got))
 
     def embed(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        out = self.session.run([OUTPUT], {n: feeds[n] for n in self.input_names})[0]
-        return np.asarray(out, dtype=np.float32)
+        return np.asarray(self.run(feeds, [OUTPUT])[OUTPUT], dtype=np.float32)
 
 
-class OrtBackend:
+class OrtBackend(Backend):
     name = "ort"
+    targets = TARGETS
+    libraries = ("onnx", "onnxruntime", "onnx-ir")
+    capabilities = Capabilities(st_backend="onnx", engine=False, report_marker="o")
+
+    def resolve_options(self, target: Target, precision: str, options: Mapping) -> dict:
+        check_precision(target, precision)
+        return resolve_options(precision, options, target.name)
+
+    def cache_facts(self, target: Target, precision: str, options: Mapping) -> dict:
+        """The build CPU's kernel family: parity is measured on it, and the
+        artifact's ``unverified`` list names the kernels it did not exercise."""
+        from ..host import cpu_kernel_facts
+
+        return cpu_kernel_facts()
 
     def compile(self, target: Target, precision: str, ctx: CompileContext, out_dir: Path) -> CompileResult:
-        if precision not in target.precisions:
-            raise TargetError(f"target {target.name} has no precision {precision!r}",
-                              f"choose one of: {', '.join(target.precisions)}")
-        options = resolve_options(precision, dict(ctx.options), target.name)
+        options = self.resolve_options(target, precision, ctx.options)
         ort = _require_ort()
-        from . import graph as og  # noqa: PLC0415
+        from ...onnxkit.files import files_bytes
 
         src = Path(ctx.reference_onnx)
         _check_reference(ctx)
@@ -203,55 +184,68 @@ class OrtBackend:
         work.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         try:
-            recipe = _dispatch(precision, src, dst, target.settings, options, ctx, work, og)
+            recipe = _dispatch(precision, src, dst, target.settings, options, ctx, work)
         except EmbedcError:
             raise
         except Exception as exc:  # onnx / onnxruntime raise their own types; name the step that failed
-            detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-            raise CompileError(f"onnxruntime {precision} compile for {target.name} failed: {detail}",
+            raise CompileError(f"onnxruntime {precision} compile for {target.name} failed: {_first_line(exc)}",
                                "re-run with a fresh export; report it with the recipe options if it persists"
                                ) from exc
         seconds = time.perf_counter() - started
         _check_artifact(dst, src)
-        size, ref_size = og.files_bytes(dst), og.files_bytes(src)
+        size, ref_size = files_bytes(dst), files_bytes(src)
         recipe = {"backend": "ort", "target": target.name, "precision": precision,
-                  "options": {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()},
-                  **recipe, "seconds": round(seconds, 1), "bytes": size, "reference_bytes": ref_size,
-                  "size_ratio": round(size / ref_size, 4), "onnxruntime": ort.__version__}
+                  "options": opt.jsonable(options), **recipe, "seconds": round(seconds, 1), "bytes": size,
+                  "reference_bytes": ref_size, "size_ratio": round(size / ref_size, 4),
+                  "onnxruntime": ort.__version__}
+        facts = self.cache_facts(target, precision, options)
         return CompileResult(model_file=MODEL_FILE, recipe=recipe, runtime=_runtime(precision, target),
-                             unverified=_unverified(target, precision))
+                             unverified=_unverified(target, precision, facts))
 
     def load(self, artifact_dir: Path, meta: dict, *, threads: int | None = None) -> OrtRunner:
-        ort = _require_ort()
+        _require_ort()
+        from ...onnxkit.session import cpu_session
+
         path = Path(artifact_dir) / meta.get("model_file", MODEL_FILE)
         if not path.is_file():
             raise ArtifactError(f"ORT model file {path} is missing", "rebuild the artifact")
-        so = ort.SessionOptions()
-        if threads:
-            so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        so.log_severity_level = 3
         try:
-            sess = ort.InferenceSession(str(path), so, providers=list(PROVIDERS))
+            sess = cpu_session(path, threads, level="all")
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
-            raise ArtifactError(f"onnxruntime cannot load {path}: {str(exc).splitlines()[0][:200]}",
+            raise ArtifactError(f"onnxruntime cannot load {path}: {_first_line(exc)}",
                                 "rebuild the artifact; check the onnxruntime version it was built with") from exc
         if OUTPUT not in [o.name for o in sess.get_outputs()]:
             raise ArtifactError(f"{path} has no {OUTPUT!r} output", "rebuild the artifact from an embedc export")
         return OrtRunner(sess)
+
+    def st_model_kwargs(self, artifact_dir: Path, meta: dict) -> tuple[dict | None, str | None]:
+        """optimum's ``ORTModelForFeatureExtraction`` reads the token states by the name
+        ``last_hidden_state`` and runs on the artifact's first provider."""
+        import onnx
+
+        model_file = meta.get("model_file", MODEL_FILE)
+        path = Path(artifact_dir) / model_file
+        if not path.is_file():
+            raise ArtifactError(f"model file {path} is missing", "rebuild the artifact")
+        outputs = {o.name for o in onnx.load(str(path), load_external_data=False).graph.output}
+        if TOKEN_OUTPUT not in outputs:
+            return None, (f"{model_file} has no {TOKEN_OUTPUT!r} output (outputs: {', '.join(sorted(outputs))}); "
+                          f"optimum reads the token embeddings by that name")
+        providers = (meta.get("runtime") or {}).get("providers") or list(PROVIDERS)
+        return {"file_name": model_file, "provider": providers[0]}, None
 
 
 BACKEND = OrtBackend()
 
 
 def _dispatch(precision: str, src: Path, dst: Path, settings: dict, options: dict, ctx: CompileContext,
-              work: Path, og) -> dict:
-    from . import int4 as ort_int4, int8 as ort_int8  # noqa: PLC0415
+              work: Path) -> dict:
+    from . import int4 as ort_int4, int8 as ort_int8
 
     if precision == "fp32":
-        return _compile_fp32(src, dst, options, og)
+        return _compile_fp32(src, dst, options)
     if precision == "fp16":
-        return _compile_fp16(src, dst, options, og)
+        return _compile_fp16(src, dst, options)
     if precision == "int8-dynamic":
         return ort_int8.quantize_int8_dynamic(src, dst, settings=settings, options=options, work=work)
     if precision == "int8-static":
@@ -262,20 +256,22 @@ def _dispatch(precision: str, src: Path, dst: Path, settings: dict, options: dic
 
 
 # ---- fp32 / fp16
-def _compile_fp32(src: Path, dst: Path, options: dict, og) -> dict:
+def _compile_fp32(src: Path, dst: Path, options: dict) -> dict:
     """ORT's own graph optimizer at a portable level, saved offline."""
-    import onnxruntime as ort  # noqa: PLC0415
+    import onnxruntime as ort
+
+    from ...onnxkit.files import copy_model, file_needs_external_data
 
     level = options["optimization"]
     if level == "disabled":
-        og.copy_model(src, dst)
+        copy_model(src, dst)
         return {"library_call": "copy of the reference ONNX", "settings": {"graph_optimization_level": "none"}}
     so = ort.SessionOptions()
     so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED if level == "extended"
                                    else ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)
     so.optimized_model_filepath = str(dst)
     so.log_severity_level = 3
-    external = og.files_bytes(src) > og.EXTERNAL_DATA_BYTES
+    external = file_needs_external_data(src)
     if external:
         so.add_session_config_entry("session.optimized_model_external_initializers_file_name", dst.name + ".data")
         so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
@@ -286,16 +282,18 @@ def _compile_fp32(src: Path, dst: Path, options: dict, og) -> dict:
                    "a model saved at ORT_ENABLE_ALL carries layout transforms tied to the CPU that saved it"}
 
 
-def _compile_fp16(src: Path, dst: Path, options: dict, og) -> dict:
-    from onnxruntime.transformers.float16 import convert_float_to_float16  # noqa: PLC0415
-    from onnxruntime.transformers.onnx_model import OnnxModel  # noqa: PLC0415
+def _compile_fp16(src: Path, dst: Path, options: dict) -> dict:
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxruntime.transformers.onnx_model import OnnxModel
 
-    from .session import quiet_ort_logs  # noqa: PLC0415
+    from ...onnxkit.files import load_model, needs_external_data, save_model
+    from ...onnxkit.graph import strip_debug_metadata
+    from ...onnxkit.session import quiet_ort_logs
 
-    model = og.load_model(src)
-    external = og.needs_external_data(model)
+    model = load_model(src)
+    external = needs_external_data(model)
     block = list(options["op_block_list"])
-    og.strip_debug_metadata(model)
+    strip_debug_metadata(model)
     with quiet_ort_logs():
         model16 = convert_float_to_float16(model, keep_io_types=True, op_block_list=block,
                                            disable_shape_infer=external)  # onnx shape inference stops at 2 GB
@@ -306,7 +304,7 @@ def _compile_fp16(src: Path, dst: Path, options: dict, og) -> dict:
     stale = [v for v in model16.graph.value_info if v.name in names]
     for v in stale:
         model16.graph.value_info.remove(v)
-    og.save_model(model16, dst)
+    save_model(model16, dst)
     return {"library_call": "onnxruntime.transformers.float16.convert_float_to_float16",
             "settings": {"keep_io_types": True, "op_block_list": block, "disable_shape_infer": external},
             "why": "normalization, softmax, pow/reductions and the pooling tail stay FP32 (FP16 overflow and "
@@ -325,7 +323,9 @@ def _feeds(ctx: CompileContext) -> tuple:
 
 def _check_reference(ctx: CompileContext) -> None:
     """The reference must be the file the export validated: hash, protobuf, I/O names."""
-    from ...artifact import verify_files  # noqa: PLC0415
+    import onnx
+
+    from ...artifact import verify_files
 
     src = Path(ctx.reference_onnx)
     if not src.is_file():
@@ -336,8 +336,6 @@ def _check_reference(ctx: CompileContext) -> None:
     except ArtifactError as exc:
         raise CompileError(f"reference ONNX {src} is missing data or does not match the sha256 recorded at "
                            "export (truncated or corrupted?)", "re-run 'embedc export' to rebuild the reference") from exc
-    import onnx  # noqa: PLC0415
-
     try:
         proto = onnx.load(str(src), load_external_data=False)
     except Exception as exc:
@@ -351,7 +349,7 @@ def _check_reference(ctx: CompileContext) -> None:
 
 
 def _check_artifact(dst: Path, src: Path) -> None:
-    import onnx  # noqa: PLC0415
+    import onnx
 
     if not dst.is_file():
         raise CompileError(f"no model was written to {dst}", "report this as an embedc bug")
@@ -373,19 +371,18 @@ def _runtime(precision: str, target: Target) -> dict:
                      else "ORT_ENABLE_ALL at load time is fine: it is applied on the user's own CPU")}
 
 
-def _unverified(target: Target, precision: str) -> tuple[str, ...]:
-    machine = platform.machine().lower()
-    from ...machine import cpu_flags  # noqa: PLC0415
-
-    flags = cpu_flags() or set()
+def _unverified(target: Target, precision: str, facts: dict) -> tuple[str, ...]:
+    """What parity on the build CPU (``facts``, from ``cache_facts``) did not exercise."""
+    machine = facts["machine"]
     out = []
-    int8 = precision.startswith("int8") or precision == "int4"
-    if target.name == "ort-cpu-avx512-vnni" and int8 and not flags & {"avx512_vnni", "avx_vnni"}:
+    quantized = precision.startswith("int8") or precision == "int4"
+    if target.settings.get("isa", "").startswith("x86-64 AVX-512 VNNI") and quantized and not facts["vnni"]:
         out.append("avx512-vnni kernels not exercised on this CPU (no VNNI): parity here ran the AVX2 U8S8 "
                    "path, which can saturate without reduce_range, so it is pessimistic for VNNI")
-    if target.name == "ort-cpu-arm64" and machine not in ("aarch64", "arm64"):
+    if target.settings.get("isa") == "arm64" and machine not in ("aarch64", "arm64"):
         out.append(f"arm64 kernels not exercised: parity ran on this {machine} CPU's kernels")
-    if target.name == "ort-cpu-avx2" and "avx2" not in flags and machine in ("x86_64", "amd64"):
+    if target.settings.get("isa", "").startswith("x86-64 AVX2") and not facts["avx2"] and \
+            machine in ("x86_64", "amd64"):
         out.append("AVX2 kernels not exercised on this CPU")
     if precision == "fp16":
         out.append("FP16 on GPU execution providers not exercised here (parity ran on the CPU EP)")

@@ -19,9 +19,11 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ...errors import CompileError
-from .graph import (MS_DOMAIN, _remove_unused_initializer, ensure_opset, initializer_map, module_path,
-                        weight_matmuls, word_embedding_gather)
-from .session import _row_cosines, import_quantization, quiet_ort_logs
+from ...onnxkit.graph import (MS_DOMAIN, ensure_opset, initializer_map, remove_unused_initializer, weight_matmuls,
+                              word_embedding_gather)
+from ...onnxkit.metrics import row_cosines
+from ...onnxkit.scopes import module_path
+from ...onnxkit.session import import_quantization, quiet_ort_logs
 
 
 def _block_for(width: int, block_size: int) -> int:
@@ -60,9 +62,9 @@ def quantize_table_8bit(model: onnx.ModelProto, node_name: str, block_size: int 
     model.graph.node.remove(node)
     model.graph.node.insert(idx, new)
     model.graph.initializer.extend([data, scales])
-    _remove_unused_initializer(model, base)
+    remove_unused_initializer(model, base)
     ensure_opset(model, MS_DOMAIN, 1)
-    cos = _row_cosines(table, (q * scale).reshape(rows, width))
+    cos = row_cosines(table, (q * scale).reshape(rows, width))
     return {"node": node_name, "module": module_path(node), "op": "com.microsoft.GatherBlockQuantized",
             "bits": 8, "block_size": block, "scheme": "symmetric int8 (uint8 + default zero point 128), "
                                                       "fp32 scale per row block",

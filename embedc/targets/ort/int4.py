@@ -14,12 +14,18 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .activations import ActivationStats, _sqnr
+from ...onnxkit.activations import Activations, capture
+from ...onnxkit.calibration import feed_reader
+from ...onnxkit.files import load_model, save_model
+from ...onnxkit.graph import (initializer_map, node_entries, strip_debug_metadata, table_gathers, weight_matmuls,
+                              word_embedding_gather)
+from ...onnxkit.scopes import module_paths
+from ...onnxkit.session import import_quantization, quiet_ort_logs
+from .backend import BLOCK_SIZE_REASON, DEFAULT_INT4_BLOCK
 from .block_quant import _table_4bit, quantize_table_8bit, weight_only_8bit
-from .graph import (initializer_map, load_model, module_paths, node_entries, save_model, scope_matches,
-                        strip_debug_metadata, table_gathers, weight_matmuls, word_embedding_gather)
+from .int8 import excluded_by_option
 from .search import auto_exclude
-from .session import feed_reader, import_quantization, quiet_ort_logs
+from .sqnr import sqnr
 
 
 def _int4_config(mnq, options: dict, feeds, input_names):
@@ -43,7 +49,7 @@ def _int4_config(mnq, options: dict, feeds, input_names):
             f"HQQWeightOnlyQuantConfig(block_size={bs}, bits=4)")
 
 
-def int4_sqnr(model: onnx.ModelProto, names: Sequence[str], stats: ActivationStats, block: int,
+def int4_sqnr(model: onnx.ModelProto, names: Sequence[str], stats: Activations, block: int,
               symmetric: bool) -> dict[str, float]:
     """Output SQNR (dB) of each MatMul with only its weights at 4 bits (block-wise
     round-to-nearest along K, emulated) on the sampled calibration activations."""
@@ -67,7 +73,7 @@ def int4_sqnr(model: onnx.ModelProto, names: Sequence[str], stats: ActivationSta
             zero = np.round(-lo / scale)
             wq = (np.clip(np.round(blocks / scale) + zero, 0, 15) - zero) * scale
         x = stats.samples[node.input[0]]
-        out[node.name] = _sqnr(x @ w, x @ wq.reshape(-1, w.shape[1])[:k])
+        out[node.name] = sqnr(x @ w, x @ wq.reshape(-1, w.shape[1])[:k])
     return out
 
 
@@ -82,7 +88,7 @@ def quantize_int4(src: Path, dst: Path, *, feeds, input_names: Sequence[str], op
     model = load_model(src)
     paths = module_paths(model)
     names = [n.name for n in weight_matmuls(model)]
-    forced = [n for n in names if scope_matches(paths[n], options["exclude"])]
+    forced = excluded_by_option(paths, names, options["exclude"])
     gathers = [n.name for n in table_gathers(model)]
     bs, sym, acc = options["block_size"], options["is_symmetric"], options["accuracy_level"]
     recipe: dict = {}
@@ -108,10 +114,11 @@ def quantize_int4(src: Path, dst: Path, *, feeds, input_names: Sequence[str], op
 
     search = {"enabled": False, "excluded": [], "sqnr": {}}
     if options["auto_exclude"] > 0:
-        stats = ActivationStats(src, sorted({n.input[0] for n in weight_matmuls(model)}), feeds, input_names, threads)
+        stats = capture(src, sorted({n.input[0] for n in weight_matmuls(model)}), feeds, threads=threads,
+                        level="all")
         candidates = [n for n in names if n not in forced]
         search = auto_exclude(build, lambda _: int4_sqnr(model, candidates, stats, bs, sym), candidates, forced,
-                              stats.embeddings, feeds, input_names, options, work, threads)
+                              stats.embeddings, feeds, options, work, threads)
         del stats
     excluded = forced + search["excluded"]
     build(excluded, dst)
@@ -123,7 +130,7 @@ def quantize_int4(src: Path, dst: Path, *, feeds, input_names: Sequence[str], op
         "settings": {"algorithm": options["algorithm"], "block_size": bs,
                      "is_symmetric": sym if options["algorithm"] != "hqq" else False,
                      "accuracy_level": acc, "op": "com.microsoft.MatMulNBits"},
-        "block_size_reason": options["block_size_reason"],
+        "block_size_reason": BLOCK_SIZE_REASON if bs == DEFAULT_INT4_BLOCK else "set by the user",
         "quantized": node_entries(paths, [n for n in names if n not in excluded]),
         "excluded": [{"node": n, "module": paths[n], "reason": by_reason[n],
                       "as": f"com.microsoft.MatMulNBits bits=8 block_size={bs} symmetric accuracy_level={acc}"}

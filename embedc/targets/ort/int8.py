@@ -13,8 +13,8 @@ Recipe decisions (measured on multilingual-e5-small and all-MiniLM-L6-v2):
   ``MatMulConstBOnly`` and quantizes MatMul outputs, and its QDQ pair rewires
   every reader of a quantized tensor, so the post-LayerNorm residual would be
   INT8 too: hence ``nodes_to_quantize``, ``OpTypesToExcludeOutputQuantization``
-  and an Identity that gives each MatMul group its own input. (That config
-  alone took MiniLM from mean cosine 0.917 to 0.993.)
+  and the QDQ consumer fix (:func:`embedc.onnxkit.qdq.keep_float_consumers`).
+  (That config alone took MiniLM from mean cosine 0.917 to 0.993.)
 * Outlier channels: SmoothQuant-style per-channel scaling on each MatMul
   group's input (an explicit Mul: BERT is post-LN, so it cannot fold into
   LayerNorm), alpha picked per group by emulated output SQNR. Then MatMuls are
@@ -36,18 +36,25 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import numpy_helper
 
 from ...errors import CompileError
-from . import graph as ort_graph
-from .activations import ActivationStats, _sqnr
+from ...onnxkit.activations import Activations, capture
+from ...onnxkit.calibration import feed_reader
+from ...onnxkit.files import file_needs_external_data, load_model, model_files, needs_external_data, save_model
+from ...onnxkit.graph import initializer_map, node_entries, strip_debug_metadata, weight_matmuls
+from ...onnxkit.qdq import keep_float_consumers
+from ...onnxkit.scopes import module_paths, select_strict
+from ...onnxkit.session import import_quantization, quiet_ort_logs
 from .block_quant import _table, weight_only_8bit
-from .graph import (_copy_value_info_shape, files_bytes, initializer_map, load_model, model_files, module_paths,
-                        needs_external_data, node_entries, save_model, scope_matches, strip_debug_metadata,
-                        weight_matmuls)
 from .search import auto_exclude
-from .session import feed_reader, import_quantization, quiet_ort_logs
 from .smoothquant import SMOOTH_ALPHAS, SMOOTH_MIN_GAIN_DB, smooth_matmul_inputs
+from .sqnr import sqnr
+
+
+def excluded_by_option(paths: dict[str, str], names: Sequence[str], patterns: Sequence[str]) -> list[str]:
+    """The Linear MatMuls the ``exclude`` patterns name; a pattern that names none is an error."""
+    return select_strict({n: paths[n] for n in names}, patterns)
 
 
 def quantize_int8_dynamic(src: Path, dst: Path, *, settings: dict, options: dict, work: Path) -> dict:
@@ -56,7 +63,7 @@ def quantize_int8_dynamic(src: Path, dst: Path, *, settings: dict, options: dict
     model = load_model(src)
     paths = module_paths(model)
     matmuls = weight_matmuls(model)
-    excluded = [n.name for n in matmuls if scope_matches(paths[n.name], options["exclude"])]
+    excluded = excluded_by_option(paths, [n.name for n in matmuls], options["exclude"])
     recipe: dict = {"embedding": None}
     prep = work / "dynamic-input.onnx"
     if options["quantize_embedding"]:
@@ -102,8 +109,7 @@ def calibrate(model_path: Path, feeds: Sequence[dict[str, np.ndarray]], input_na
     with quiet_ort_logs(), contextlib.redirect_stdout(io.StringIO()):  # the histogram collector prints per call
         calibrator = q.create_calibrator(Path(model_path), ["MatMul"], augmented_model_path=str(work / "augmented.onnx"),
                                          calibrate_method=q.CalibrationMethod[method],
-                                         # ort_graph's value at call time: one threshold everywhere (tests lower it)
-                                         use_external_data_format=files_bytes(model_path) > ort_graph.EXTERNAL_DATA_BYTES,
+                                         use_external_data_format=file_needs_external_data(model_path),
                                          extra_options=extra)
         reader = feed_reader(feeds, input_names)
         if method == "MinMax":
@@ -125,35 +131,6 @@ def calibrate(model_path: Path, feeds: Sequence[dict[str, np.ndarray]], input_na
     if method == "Percentile":
         out["percentile"] = options["percentile"]
     return out
-
-
-def isolate_matmul_inputs(model: onnx.ModelProto, names: Sequence[str]) -> dict[str, str]:
-    """Give each group of Linear MatMuls its own input tensor (an Identity)
-    where the tensor has other readers. ORT's QDQ quantizer rewires *every*
-    reader of a quantized tensor to its DequantizeLinear, so without this the
-    post-LayerNorm residual Add would read the INT8 copy of the hidden state."""
-    wanted = set(names)
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        for i in set(node.input):
-            readers.setdefault(i, []).append(node)
-    outputs = {o.name for o in model.graph.output}
-    isolated = {}
-    for x_name in sorted({n.input[0] for n in model.graph.node if n.name in wanted}):
-        group = [n for n in readers[x_name] if n.name in wanted and n.input[0] == x_name]
-        if len(group) == len(readers[x_name]) and x_name not in outputs:
-            continue
-        out = f"{x_name}_matmul_input"
-        ident = helper.make_node("Identity", [x_name], [out], name=f"{group[0].name}_input")
-        ident.metadata_props.extend(group[0].metadata_props)
-        first = min(i for i, n in enumerate(model.graph.node) if n.name in {g.name for g in group})
-        model.graph.node.insert(first, ident)
-        model.graph.value_info.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, None))
-        _copy_value_info_shape(model, x_name, out)
-        for node in group:
-            node.input[0] = out
-        isolated[x_name] = out
-    return isolated
 
 
 def _qdq_specs(qdq: onnx.ModelProto, names: Sequence[str]) -> dict:
@@ -184,7 +161,7 @@ def _qdq_specs(qdq: onnx.ModelProto, names: Sequence[str]) -> dict:
 
 
 def local_sqnr(qdq_path: Path, float_model: onnx.ModelProto, names: Sequence[str],
-               stats: ActivationStats) -> dict[str, float]:
+               stats: Activations) -> dict[str, float]:
     """SQNR (dB) of each MatMul's output with only that MatMul quantized: the
     float activations sampled on the calibration feeds, quantized with the
     scale/zero point and weights ORT wrote into the QDQ model, against X @ W."""
@@ -197,7 +174,7 @@ def local_sqnr(qdq_path: Path, float_model: onnx.ModelProto, names: Sequence[str
         x = stats.samples[s["x"]]
         xq = (np.clip(np.round(x / s["scale"]) + s["zero"], s["qmin"], s["qmax"]) - s["zero"]) * s["scale"]
         w = numpy_helper.to_array(inits[weights[name]]).astype(np.float32)
-        out[name] = _sqnr(x @ w, xq @ s["w_deq"])
+        out[name] = sqnr(x @ w, xq @ s["w_deq"])
     return out
 
 
@@ -209,11 +186,11 @@ def quantize_int8_static(src: Path, dst: Path, *, feeds, input_names: Sequence[s
     model = load_model(src)
     paths = module_paths(model)
     names = [n.name for n in weight_matmuls(model)]
-    forced = [n for n in names if scope_matches(paths[n], options["exclude"])]
+    forced = excluded_by_option(paths, names, options["exclude"])
     recipe: dict = {"embedding": _table(model, options) if options["quantize_embedding"] else None}
     started = time.perf_counter()
-    stats = ActivationStats(src, sorted({n.input[0] for n in weight_matmuls(model)}), feeds, input_names, threads)
-    recipe["activation_stats"] = {"feeds": len(feeds), "sampled_rows": int(next(iter(stats.samples.values())).shape[0]),
+    stats = capture(src, sorted({n.input[0] for n in weight_matmuls(model)}), feeds, threads=threads, level="all")
+    recipe["activation_stats"] = {"feeds": len(feeds), "sampled_rows": stats.sampled_rows,
                                   "seconds": round(time.perf_counter() - started, 1)}
     recipe["smooth_quant"] = None
     if options["smooth_quant"]:
@@ -222,12 +199,6 @@ def quantize_int8_static(src: Path, dst: Path, *, feeds, input_names: Sequence[s
         recipe["smooth_quant"] = {"alpha": options["smooth_alpha"], "alphas_tried": list(SMOOTH_ALPHAS),
                                   "min_gain_db": SMOOTH_MIN_GAIN_DB, "groups": groups,
                                   "smoothed": sum(g["alpha"] is not None for g in groups)}
-    isolated = isolate_matmul_inputs(model, names)
-    for x_name, alias in isolated.items():  # same values under the name the quantizer will see
-        if x_name in stats.samples:
-            stats.samples[alias], stats.lo[alias], stats.hi[alias] = (stats.samples[x_name], stats.lo[x_name],
-                                                                      stats.hi[x_name])
-    recipe["isolated_inputs"] = sorted(isolated)
     prep = work / "static-input.onnx"
     strip_debug_metadata(model)
     save_model(model, prep)
@@ -253,14 +224,18 @@ def quantize_int8_static(src: Path, dst: Path, *, feeds, input_names: Sequence[s
         with quiet_ort_logs():
             q.quantize_static(str(prep), str(out), None, nodes_to_quantize=[n for n in names if n not in excluded],
                               nodes_to_exclude=list(excluded), **qkw)
+        # Only Linear MatMuls read a dequantized activation. An excluded one that shares its input with a
+        # quantized one keeps reading the dequantized copy (the recipe's numerics before the shared fix).
+        qm = keep_float_consumers(onnx.load(str(out)), set(names))
         if excluded and options["excluded_as"] == "int8-weight-only":
-            save_model(weight_only_8bit(onnx.load(str(out)), excluded), out)
+            qm = weight_only_8bit(qm, excluded)
+        save_model(qm, out)
 
     def rank(cand: Path) -> dict[str, float]:
         return local_sqnr(cand, model, names, stats)
 
     search = auto_exclude(build, rank, [n for n in names if n not in forced], forced, stats.embeddings, feeds,
-                          input_names, options, work, threads)
+                          options, work, threads)
     del rank, model  # free the float graph before the final build
     excluded = forced + search["excluded"]
     build(excluded, dst)

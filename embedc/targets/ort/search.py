@@ -1,33 +1,32 @@
-"""The sensitivity search shared by the INT8 static and INT4 recipes: the fewest
-most sensitive MatMuls to keep out of the main quantization so that the
-sentence-embedding cosine on the *calibration* texts meets a target."""
+"""The ORT recipes' use of the shared sensitivity search
+(:mod:`embedc.onnxkit.search`): candidates are judged as users run them (ORT
+with every optimization, fused integer kernels) on every calibration text,
+against the FP32 model's embeddings; MatMuls are ranked by output SQNR."""
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from .graph import model_files
-from .session import cosine_stats, embed_feeds
+from ...onnxkit.files import remove_model
+from ...onnxkit.metrics import cosine_stats
+from ...onnxkit.search import search
+from ...onnxkit.session import cpu_session, embed_feeds
 
 
-def _meets(stats: dict, options: dict) -> bool:
-    return stats["mean"] >= options["target_mean"] and stats["min"] >= options["target_min"]
-
-
-def auto_exclude(build, rank, candidates: Sequence[str], forced: Sequence[str], reference: np.ndarray,
-                 feeds, input_names, options: dict, work: Path, threads: int | None) -> dict:
-    """Smallest k such that keeping the k most sensitive MatMuls out of the
-    precision's main quantization meets the calibration-cosine target
-    (k = 0, 1, 2, 4, ... then bisection), at most ``options["auto_exclude"]``.
-
-    ``build(excluded, path)`` writes a candidate model; ``rank(path)`` maps
-    candidate MatMul names to an output SQNR in dB (lowest = most sensitive),
-    given the all-quantized candidate at ``path``."""
+def auto_exclude(build: Callable[[Sequence[str], Path], None], rank: Callable[[Path], dict[str, float]],
+                 candidates: Sequence[str], forced: Sequence[str], reference: np.ndarray, feeds, options: dict,
+                 work: Path, threads: int | None) -> dict:
+    """The fewest MatMuls (at most ``options["auto_exclude"]``) to keep out of the
+    precision's main quantization so that the calibration cosine meets
+    ``target_mean`` / ``target_min``. ``build(excluded, path)`` writes a candidate;
+    ``rank(path)`` maps candidate MatMuls to an output SQNR in dB (lowest = most
+    sensitive) given the first candidate."""
     cap = options["auto_exclude"]
-    out = {"enabled": cap > 0, "max": cap, "target": {"mean": options["target_mean"], "min": options["target_min"]},
+    targets = {"mean": options["target_mean"], "min": options["target_min"]}
+    out = {"enabled": cap > 0, "max": cap, "target": targets,
            "judged_on": f"sentence-embedding cosine vs FP32 on the {len(feeds)} calibration texts "
                         "(never the evaluation split)",
            "steps": [], "excluded": [], "sqnr": {}}
@@ -36,39 +35,19 @@ def auto_exclude(build, rank, candidates: Sequence[str], forced: Sequence[str], 
     started = time.perf_counter()
     cand = work / "candidate.onnx"
 
-    def evaluate(k: int, order: Sequence[str]) -> bool:
-        build(list(forced) + list(order[:k]), cand)
-        result = cosine_stats(reference, embed_feeds(cand, feeds, input_names, threads))
-        ok = _meets(result, options)
-        out["steps"].append({"excluded": k, **result, "meets_target": ok})
-        return ok
+    def build_candidate(excluded: list[str]) -> Path:
+        build(excluded, cand)
+        return cand
 
-    hi = 0
-    out["target_met"] = evaluate(0, [])
-    order: list[str] = []
-    if not out["target_met"]:
-        out["sqnr"] = rank(cand)
-        order = sorted((n for n in candidates if n in out["sqnr"]), key=out["sqnr"].get)[:cap]
-        lo, hi, k = 0, None, min(1, len(order))
-        while 0 < k <= len(order):
-            if evaluate(k, order):
-                hi = k
-                break
-            lo = k
-            if k == len(order):
-                break
-            k = min(k * 2, len(order))
-        out["target_met"] = hi is not None
-        if hi is None:
-            hi = len(order)
-        while hi - lo > 1 and out["target_met"]:
-            mid = (lo + hi) // 2
-            if evaluate(mid, order):
-                hi = mid
-            else:
-                lo = mid
-    for p in model_files(cand):
-        p.unlink(missing_ok=True)
-    out["excluded"] = list(order[:hi])
-    out["seconds"] = round(time.perf_counter() - started, 1)
+    def score(path: Path) -> dict:
+        return cosine_stats(reference, embed_feeds(cpu_session(path, threads, level="all"), feeds))
+
+    def order(path: Path) -> list[str]:
+        out["sqnr"] = rank(path)
+        return sorted((n for n in candidates if n in out["sqnr"]), key=out["sqnr"].get)
+
+    result = search(build_candidate, score, order, forced=forced, targets=targets, cap=cap)
+    remove_model(cand)
+    out.update(steps=result.trials, excluded=result.excluded[len(forced):], target_met=result.met,
+               seconds=round(time.perf_counter() - started, 1))
     return out

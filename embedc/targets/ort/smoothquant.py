@@ -6,8 +6,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .activations import ActivationStats, _sqnr
-from .graph import _copy_value_info_shape, _remove_unused_initializer, initializer_map, module_path, weight_matmuls
+from ...onnxkit.activations import Activations
+from ...onnxkit.graph import copy_value_info_shape, initializer_map, remove_unused_initializer, weight_matmuls
+from ...onnxkit.scopes import module_path
+from .sqnr import sqnr
 
 
 def _fake_quant_act(x: np.ndarray, lo: float, hi: float, signed: bool) -> np.ndarray:
@@ -35,7 +37,7 @@ SMOOTH_ALPHAS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 SMOOTH_MIN_GAIN_DB = 0.5
 
 
-def smooth_matmul_inputs(model: onnx.ModelProto, stats: ActivationStats, settings: dict,
+def smooth_matmul_inputs(model: onnx.ModelProto, stats: Activations, settings: dict,
                          alpha: float | None) -> list[dict]:
     """SmoothQuant (arXiv 2211.10438) for per-tensor activation scales: per
     input channel j, s_j = max|X_j|^a / max|W_j,:|^(1-a); X is divided by s
@@ -63,9 +65,9 @@ def smooth_matmul_inputs(model: onnx.ModelProto, stats: ActivationStats, setting
         def score(s: np.ndarray | None) -> float:
             if s is None:
                 xq = _fake_quant_act(x, float(lo.min()), float(hi.max()), signed)
-                return min(_sqnr(r, xq @ _fake_quant_weight(w, reduce_range)) for r, w in zip(refs, weights))
+                return min(sqnr(r, xq @ _fake_quant_weight(w, reduce_range)) for r, w in zip(refs, weights))
             xq = _fake_quant_act(x / s, float((lo / s).min()), float((hi / s).max()), signed)
-            return min(_sqnr(r, xq @ _fake_quant_weight(w * s[:, None], reduce_range))
+            return min(sqnr(r, xq @ _fake_quant_weight(w * s[:, None], reduce_range))
                        for r, w in zip(refs, weights))
 
         amax = np.maximum(np.maximum(-lo, hi), 1e-5)
@@ -101,6 +103,6 @@ def _insert_smoothing(model, x_name: str, nodes, s: np.ndarray, inits) -> str:
         model.graph.initializer.append(smoothed)
         old = node.input[1]
         node.input[0], node.input[1] = out, smoothed.name
-        _remove_unused_initializer(model, old)
-    _copy_value_info_shape(model, x_name, out)
+        remove_unused_initializer(model, old)
+    copy_value_info_shape(model, x_name, out)
     return out

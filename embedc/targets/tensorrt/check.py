@@ -34,7 +34,8 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import ArtifactError, CompileError, TargetError
-from .graph import KEEP_FP32_OPS, SENTENCE_OUTPUT, default_opset
+from ...onnxkit.graph import default_opset
+from .graph import KEEP_FP32_OPS, SENTENCE_OUTPUT
 
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
 # The TensorRT 10.x ONNX parser reads opsets 9-22; LayerNormalization needs 17,
@@ -125,12 +126,15 @@ def _attr(node, name: str, default=None):
 
 
 def _infer_types(model) -> dict[str, int]:
-    """Element types of every tensor onnx shape inference can type. Models over
-    2 GB are inferred on a skeleton (initializers turned into typed inputs)."""
+    """Element types of every tensor onnx shape inference can type. Models the
+    external-data policy puts over the protobuf limit are inferred on a
+    skeleton (initializers turned into typed inputs)."""
     import onnx
 
+    from ...onnxkit.files import needs_external_data
+
     m = model
-    if model.ByteSize() > 1_900_000_000:
+    if needs_external_data(model):
         m = onnx.ModelProto()
         m.CopyFrom(model)
         del m.graph.initializer[:]

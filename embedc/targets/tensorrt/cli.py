@@ -39,10 +39,11 @@ def check_trt_command(path: Path, precision: str | None = None):
     return check_trt_onnx(model, precision)
 
 
-def engine_command(artifact: Path, timing_cache: Path | None = None) -> Path:
-    from .engine import build_engine
+def engine_command(artifact: Path, timing_cache: Path | None = None) -> dict:
+    """Build the engine and record its parity (see :func:`.engine.record_engine`)."""
+    from .engine import record_engine
 
-    return build_engine(Path(artifact), timing_cache)
+    return record_engine(Path(artifact), timing_cache=timing_cache)
 
 
 @click.command("check-trt")
@@ -66,6 +67,9 @@ def check_trt(ctx: click.Context, model: Path, precision: str | None) -> None:
 @click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Timing cache to load and update. [default: the one named in build.json]")
 def engine(artifact: Path, timing_cache: Path | None) -> None:
-    """Build the TensorRT engine (model.plan) of ARTIFACT on this GPU host."""
-    path = engine_command(artifact, timing_cache)
-    click.echo(f"engine: {path}")
+    """Build the TensorRT engine (model.plan) of ARTIFACT on this GPU host and record its parity."""
+    section = engine_command(artifact, timing_cache)
+    p = section["parity"]
+    click.echo(f"engine: {Path(artifact) / section['engine_file']} ({section['gpu']}, TensorRT {section['tensorrt']}); "
+               f"parity mean {p['mean']:.5f} p01 {p['p01']:.5f} min {p['min']:.5f}; "
+               f"gates {section['gates']['verdict']}")

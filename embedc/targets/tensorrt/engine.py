@@ -1,22 +1,33 @@
-"""Build and run a TensorRT engine from an artifact's ``build.json`` (GPU host only).
+"""``embedc engine ARTIFACT`` on a GPU host: build the TensorRT engine from the
+artifact's ``build.json``, run the artifact's evaluation split through it,
+and record engine parity against the torch FP32 reference in the artifact's
+``embedc.json`` (an ``engine`` section: GPU, TensorRT version, timings,
+parity, gate outcomes), replacing the "unverified" entry.
 
-This is real code written against the TensorRT 10 Python API (Builder,
+The TensorRT calls are written against the TensorRT 10 Python API (Builder,
 STRONGLY_TYPED network, OnnxParser, optimization profiles, timing cache,
-``execute_async_v3`` with torch CUDA tensors as I/O buffers), but it is
-UNVERIFIED on the machines embedc is developed on: they have no NVIDIA GPU and
-no TensorRT. Without them, both entry points raise ``MissingDependencyError``
-naming what is missing. Engines are tied to the GPU model and TensorRT
-version and are not byte-reproducible: compare outputs, not bytes.
+``execute_async_v3`` with torch CUDA tensors as I/O buffers) and are
+UNVERIFIED: no machine embedc was developed on had an NVIDIA GPU with
+TensorRT. Without them, the command stops with ``MissingDependencyError``
+naming what is missing, after checking the artifact. The orchestration
+(:func:`record_engine`) takes the engine step as an object so that tests can
+exercise the recording; only :class:`TensorRTEngine` may ever be recorded as
+an engine. Engines are tied to the GPU model and TensorRT version and are not
+byte-reproducible: compare outputs, not bytes.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
+import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
-from ...errors import ArtifactError, CompileError, MissingDependencyError
+from ...errors import ArtifactError, CompileError, MissingDependencyError, ParityGateError
 from ...fsutil import read_json
 from .profiles import BUILD_FILE, BUILD_FORMAT
 
@@ -159,7 +170,7 @@ class EngineRunner:
             table[trt.bfloat16] = torch.bfloat16
         return table[self.engine.get_tensor_dtype(name)]
 
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, feeds: dict[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         torch = self.torch
         keep = {}
         for name in self.inputs:
@@ -178,12 +189,140 @@ class EngineRunner:
         if not self.context.execute_async_v3(stream.cuda_stream):
             raise CompileError("TensorRT engine execution failed", "check the input shapes against build.json")
         stream.synchronize()
-        return {n: keep[n].float().cpu().numpy() for n in self.outputs}
+        return {n: keep[n].float().cpu().numpy() for n in (outputs or self.outputs)}
 
     def embed(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        return self.run(feeds)["sentence_embedding"].astype(np.float32)
+        return self.run(feeds, ["sentence_embedding"])["sentence_embedding"].astype(np.float32)
 
 
-def run_engine(engine_path: Path, feeds: dict[str, np.ndarray]) -> np.ndarray:
-    """``sentence_embedding`` of one batch from the engine, for parity against the ONNX graph."""
-    return EngineRunner(engine_path).embed(feeds)
+# ---- the engine step and its record ---------------------------------------------------------------
+
+class EngineStep(Protocol):
+    """What :func:`record_engine` needs from an engine: facts, a build, a runner."""
+
+    def facts(self) -> dict: ...
+
+    def build(self, artifact_dir: Path, timing_cache: Path | None) -> Path: ...
+
+    def runner(self, plan: Path): ...
+
+
+class TensorRTEngine:
+    """The real engine step: TensorRT on this host's first CUDA GPU."""
+
+    def __init__(self):
+        self.trt, self.torch = _require_gpu_tensorrt()
+
+    def facts(self) -> dict:
+        torch = self.torch
+        major, minor = torch.cuda.get_device_capability(0)
+        return {"gpu": torch.cuda.get_device_name(0), "compute_capability": f"{major}.{minor}",
+                "tensorrt": self.trt.__version__, "cuda": torch.version.cuda, "runner": "TensorRT"}
+
+    def build(self, artifact_dir: Path, timing_cache: Path | None) -> Path:
+        try:
+            return build_engine(artifact_dir, timing_cache)
+        except (CompileError, ArtifactError, MissingDependencyError):
+            raise
+        except Exception as exc:  # TensorRT's own errors: one line, never a raw traceback
+            raise CompileError(f"TensorRT engine build failed: {_first_line(exc)}",
+                               "see the TensorRT log above; check the TensorRT version and the GPU") from exc
+
+    def runner(self, plan: Path) -> EngineRunner:
+        try:
+            return EngineRunner(plan)
+        except (ArtifactError, MissingDependencyError):
+            raise
+        except Exception as exc:
+            raise ArtifactError(f"TensorRT cannot run {plan}: {_first_line(exc)}",
+                                "rebuild the engine on this GPU with this TensorRT") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+
+
+def _recorded_gates(meta: dict) -> list:
+    """The gates the build judged this artifact by (its recorded outcomes), else the defaults."""
+    from ...parity.gates import Gate, resolve_gates
+
+    outcomes = (meta.get("gates") or {}).get("outcomes") or []
+    if outcomes:
+        return [Gate(o["metric"], float(o["threshold"]), o.get("op", ">=")) for o in outcomes]
+    return resolve_gates(meta["precision"])
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def record_engine(artifact_dir: Path, engine: EngineStep | None = None, *, timing_cache: Path | None = None,
+                  cache_dir: Path | None = None) -> dict:
+    """Build the engine, run the evaluation split through it, record the ``engine`` section.
+
+    The artifact is checked first (a TensorRT artifact with ``build.json`` and intact files),
+    then the engine step is set up (``TensorRTEngine()`` unless given: without a GPU and
+    TensorRT that raises ``MissingDependencyError``). Raises ``ParityGateError`` (exit 3)
+    after recording when the engine misses a gate the build judged the artifact by."""
+    from ...artifact import read_meta, verify_files, write_meta
+    from ...parity.gates import evaluate_gates
+    from ...parity.harness import embed_texts
+    from ...parity.metrics import compute_parity
+    from ...parity.recheck import _reference_for_artifact
+    from .backend import UNVERIFIED_ENGINE
+
+    artifact_dir = Path(artifact_dir)
+    meta = read_meta(artifact_dir)
+    if meta.get("stage") != "artifact" or meta.get("backend") != "tensorrt":
+        raise ArtifactError(f"{artifact_dir} is not a TensorRT artifact",
+                            "pass a tensorrt-*/<precision> folder made by 'embedc build'")
+    read_build(artifact_dir)
+    verify_files(artifact_dir, meta)
+    engine = engine if engine is not None else TensorRTEngine()
+    facts = engine.facts()
+
+    t0 = time.perf_counter()
+    plan = engine.build(artifact_dir, timing_cache)
+    build_s = time.perf_counter() - t0
+    samples, texts, reference = _reference_for_artifact(artifact_dir, meta, cache_dir)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(artifact_dir), use_fast=True)
+    runner = engine.runner(plan)
+    t0 = time.perf_counter()
+    cand = embed_texts(runner.embed, tokenizer, texts, input_names=[i["name"] for i in meta["inputs"]],
+                       max_length=int(meta["parity_max_length"]))
+    run_s = time.perf_counter() - t0
+    result = compute_parity(reference, cand, ids=[s.id for s in samples], langs=[s.lang for s in samples],
+                            kinds=[s.kind for s in samples])
+    outcomes = evaluate_gates(result, _recorded_gates(meta))
+    passed = all(not o.failed for o in outcomes)
+    parity = result.to_dict()
+    onnx_parity = meta.get("parity") or {}
+    section = {
+        **facts,
+        "engine_file": plan.name, "engine_sha256": _sha256(plan), "engine_bytes": plan.stat().st_size,
+        "timing": {"build_seconds": round(build_s, 2), "parity_run_seconds": round(run_s, 3),
+                   "texts": len(texts), "texts_per_second": round(len(texts) / run_s, 1) if run_s > 0 else None,
+                   "batch_size": 16, "note": "one run of the evaluation split (sorted by length, batches of 16), "
+                                             "not a benchmark"},
+        "parity": parity,
+        "vs_onnx_cpu": {k: round(parity[k] - onnx_parity[k], 6) for k in ("mean", "p01", "min")
+                        if k in parity and k in onnx_parity},
+        "gates": {"verdict": "pass" if passed else "fail", "outcomes": [o.to_dict() for o in outcomes]},
+    }
+    meta.pop("format", None)
+    meta["engine"] = section
+    meta["unverified"] = [u for u in meta.get("unverified", []) if u != UNVERIFIED_ENGINE]
+    meta.setdefault("runtime", {})["engine_parity"] = "recorded (see 'engine')"
+    write_meta(artifact_dir, meta)
+    if not passed:
+        failed = ", ".join(o.metric for o in outcomes if o.failed)
+        raise ParityGateError(f"the TensorRT engine of {artifact_dir} fails its parity gate ({failed}); "
+                              "recorded in embedc.json 'engine'",
+                              "compare with the ONNX parity; rebuild with other options or keep it unshipped")
+    return section

@@ -9,10 +9,10 @@ TensorRT#2564, #3101). onnx/onnxruntime are imported inside the functions.
 """
 from __future__ import annotations
 
-import ast
 from collections.abc import Iterable
 
-SCOPE_KEY = "pkg.torch.onnx.name_scopes"
+from ...onnxkit.graph import ancestors, producers
+
 SENTENCE_OUTPUT = "sentence_embedding"
 TOKEN_OUTPUT = "last_hidden_state"
 
@@ -23,85 +23,34 @@ KEEP_FP32_OPS: tuple[str, ...] = (
 )
 
 
-def node_scope(node) -> str:
-    """The torch module path of a node (``encoder.layer.11.output.dense``), else its name.
-
-    The dynamo exporter stores the scope stack as a Python list literal; the
-    deepest entry with a dot is the module path (the last entry is the op's own name).
-    """
-    raw = next((p.value for p in node.metadata_props if p.key == SCOPE_KEY), None)
-    if not raw:
-        return node.name
-    try:
-        stack = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        return raw
-    if not isinstance(stack, list):
-        return str(stack)
-    dotted = [s for s in stack if isinstance(s, str) and "." in s]
-    return dotted[-1] if dotted else (stack[-1] if stack and stack[-1] else node.name)
-
-
-def default_opset(model) -> int:
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-
-
-def upgrade_opset(model, version: int):
-    """``onnx.version_converter`` to ``version``, then restore node metadata
-    (the converter drops ``metadata_props``, which carry the module paths)."""
-    from onnx import version_converter
-
-    if default_opset(model) >= version:
-        return model
-    meta = {n.name: list(n.metadata_props) for n in model.graph.node if n.name}
-    out = version_converter.convert_version(model, version)
-    for n in out.graph.node:
-        if n.name in meta and not n.metadata_props:
-            n.metadata_props.extend(meta[n.name])
-    return out
-
-
-def producers(graph) -> dict[str, object]:
-    return {o: n for n in graph.node for o in n.output}
-
-
-def _ancestors(graph, tensors: Iterable[str]) -> set[str]:
-    """Names of the nodes that (transitively) produce ``tensors``."""
-    prod = producers(graph)
-    seen: set[str] = set()
-    stack = [t for t in tensors if t in prod]
-    visited: set[str] = set()
-    while stack:
-        t = stack.pop()
-        if t in visited:
-            continue
-        visited.add(t)
-        node = prod[t]
-        seen.add(node.name)
-        stack.extend(i for i in node.input if i in prod)
-    return seen
-
-
-def pooling_tail_nodes(model) -> set[str]:
-    """Nodes between the encoder output and ``sentence_embedding``: the masked
-    mean pool and L2 norm (and the mask's own Cast/Unsqueeze feeding them).
+def pooling_tail_nodes(model, final_norm: str = "layernorm") -> set[str]:
+    """Nodes between the network's last hidden state and ``sentence_embedding``:
+    the pooling and L2 norm (and the mask's own Cast/Unsqueeze feeding them).
 
     They are every ancestor of ``sentence_embedding`` that is not an ancestor
-    of ``last_hidden_state`` (the last hidden state). Without a
-    ``last_hidden_state`` output, the boundary is the last LayerNormalization.
+    of the boundary: ``last_hidden_state`` where the graph has that output
+    (every embedc export does), else the output of the model family's final
+    norm (``final_norm`` from the adapter: the last LayerNormalization, or the
+    last RMSNorm pattern, see :mod:`embedc.onnxkit.norms`).
     """
+    from ...onnxkit.norms import final_norm_output
+
     g = model.graph
     outputs = {o.name for o in g.output}
     if SENTENCE_OUTPUT not in outputs:
         return set()
-    if TOKEN_OUTPUT in outputs:
-        hidden = TOKEN_OUTPUT
-    else:
-        lns = [n for n in g.node if n.op_type == "LayerNormalization"]
-        if not lns:
-            return set()
-        hidden = lns[-1].output[0]
-    return _ancestors(g, [SENTENCE_OUTPUT]) - _ancestors(g, [hidden])
+    hidden = TOKEN_OUTPUT if TOKEN_OUTPUT in outputs else final_norm_output(model, final_norm, SENTENCE_OUTPUT)
+    if hidden is None:
+        return set()
+    return ancestors(g, [SENTENCE_OUTPUT]) - ancestors(g, [hidden])
+
+
+def norm_nodes(model) -> set[str]:
+    """Every node of every RMSNorm pattern: kept FP32 whole in FP16 graphs (x^2 overflows
+    FP16 above 256; the Add/Reciprocal/Mul around it stay FP32 with it)."""
+    from ...onnxkit.norms import rmsnorm_groups
+
+    return {n for grp in rmsnorm_groups(model) for n in grp.nodes}
 
 
 def sentence_output_only(model):
@@ -114,8 +63,9 @@ def sentence_output_only(model):
     return model
 
 
-def to_fp16(model, *, keep_ops: Iterable[str] = KEEP_FP32_OPS, keep_nodes: Iterable[str] = ()):
-    """FP16 weights and activations; ``keep_ops``, the pooling tail and
+def to_fp16(model, *, tail: Iterable[str], keep_ops: Iterable[str] = KEEP_FP32_OPS, keep_nodes: Iterable[str] = ()):
+    """FP16 weights and activations; ``keep_ops``, the pooling ``tail`` (node names,
+    from :func:`pooling_tail_nodes` on the reference), RMSNorm patterns and
     ``keep_nodes`` stay FP32 behind explicit Casts (inserted by onnxruntime's
     converter). Graph inputs/outputs keep their types (int64 in, float32 out).
     Initializers are clipped to the FP16 range by the converter (the attention
@@ -123,7 +73,8 @@ def to_fp16(model, *, keep_ops: Iterable[str] = KEEP_FP32_OPS, keep_nodes: Itera
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     block_ops = set(DEFAULT_OP_BLOCK_LIST) | set(keep_ops)
-    block_nodes = pooling_tail_nodes(model) | set(keep_nodes)
+    present = {n.name for n in model.graph.node}
+    block_nodes = (set(tail) & present) | norm_nodes(model) | set(keep_nodes)
     out = convert_float_to_float16(model, keep_io_types=True, op_block_list=sorted(block_ops),
                                    node_block_list=sorted(block_nodes))
     return drop_fp16_roundtrips(out, block_ops, block_nodes)
@@ -187,18 +138,3 @@ def _remove_dead(g) -> None:
         keep = [n for n in g.node if any(o in used for o in n.output)]
         del g.node[:]
         g.node.extend(keep)
-
-
-def const_matmuls(model) -> list:
-    """MatMul nodes whose B input is a 2-D float initializer (the Linear layers)."""
-    from onnx import TensorProto
-
-    inits = {i.name: i for i in model.graph.initializer}
-    out = []
-    for n in model.graph.node:
-        if n.op_type != "MatMul" or len(n.input) < 2:
-            continue
-        b = inits.get(n.input[1])
-        if b is not None and len(b.dims) == 2 and b.data_type == TensorProto.FLOAT:
-            out.append(n)
-    return out

@@ -13,7 +13,7 @@ Overrides come from ``ctx.options``: ``batch_min``, ``batch_opt``,
 ``batch_max``, ``seq_min``, ``seq_opt``, ``seq_max``, ``workspace_mb``
 (default 4096) and ``timing_cache`` (file name, default ``timing.cache``).
 
-``build.json`` is what :func:`embedc.targets.trt_engine.build_engine` reads;
+``build.json`` is what :func:`embedc.targets.tensorrt.engine.build_engine` reads;
 ``trtexec.sh`` runs the same build with NVIDIA's ``trtexec``.
 """
 from __future__ import annotations

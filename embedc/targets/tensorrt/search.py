@@ -1,21 +1,21 @@
-"""Outlier handling shared by INT8 and INT4: rank every Linear layer by its
-local quantization error on calibration activations, then keep the worst
-ones in higher precision until the calibration texts (and only those) meet
-targets stricter than the parity gates. Everything measured goes into the recipe."""
+"""The TensorRT recipes' use of the shared sensitivity search
+(:mod:`embedc.onnxkit.search`): Linear layers are ranked by their local
+relative output error with the scales the candidate model actually uses,
+candidates are scored on an evenly spaced subset of the calibration texts,
+and the targets are stricter than the parity gates. Everything measured goes
+into the recipe."""
 from __future__ import annotations
 
-import logging
-import math
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .calib import Prepared, cosine_stats, embed_feeds, save_model, session
-
-log = logging.getLogger("embedc.targets.tensorrt.backend")
+from ...onnxkit.activations import capture
+from ...onnxkit.metrics import cosine_stats
+from ...onnxkit.session import cpu_session, embed_feeds
+from .prepared import SEARCH_LEVEL, Prepared
 
 SEARCH_MARGIN = 0.6      # search target = 1 - (1 - gate) * margin: stricter than the gate
 
@@ -27,114 +27,19 @@ class SearchTargets:
     min: float
 
     @classmethod
-    def for_family(cls, family: str, options: dict) -> SearchTargets:
+    def defaults(cls, family: str) -> SearchTargets:
+        """Targets derived from the default parity gate of the precision family."""
         from ...parity.gates import DEFAULT_GATES
 
         g = DEFAULT_GATES[family]
-        tgt = {k: 1 - (1 - g.get(k, g["min"])) * SEARCH_MARGIN for k in ("mean", "p01", "min")}
-        for k in tgt:
-            if options.get(f"search_{k}") is not None:
-                tgt[k] = float(options[f"search_{k}"])
-        return cls(**{k: round(v, 6) for k, v in tgt.items()})
+        return cls(**{k: round(1 - (1 - g.get(k, g["min"])) * SEARCH_MARGIN, 6) for k in ("mean", "p01", "min")})
 
-    def met(self, s: dict) -> bool:
-        return s["mean"] >= self.mean and s["p01"] >= self.p01 and s["min"] >= self.min
+    @classmethod
+    def from_options(cls, options: dict) -> SearchTargets:
+        return cls(options["search_mean"], options["search_p01"], options["search_min"])
 
-
-@dataclass
-class Search:
-    """Keep the highest-error Linear layers in higher precision until the
-    calibration texts meet ``targets``: 0 kept, then 1, 2, 4, 8, 12, 16, 24...
-    (bounded by ``max_kept``), then bisect between the last miss and the first hit."""
-
-    build: Callable[[list[str]], Path]       # excluded node names -> quantized model path
-    score: Callable[[Path], dict]            # model path -> calibration cosine stats
-    targets: SearchTargets
-    max_kept: int
-    max_trials: int = 9
-    trials: list[dict] = field(default_factory=list)
-
-    def _trial(self, excluded: list[str]) -> tuple[Path, dict]:
-        t = time.perf_counter()
-        path = self.build(excluded)
-        stats = self.score(path)
-        self.trials.append({"kept": len(excluded), **stats, "seconds": round(time.perf_counter() - t, 1)})
-        log.info("  %d layers kept: calibration cosine mean %.5f p01 %.5f min %.5f",
-                 len(excluded), stats["mean"], stats["p01"], stats["min"])
-        return path, stats
-
-    def run(self, forced: list[str], ranked: Callable[[Path], list[str]], enabled: bool
-            ) -> tuple[list[str], Path, bool]:
-        path, stats = self._trial(forced)
-        if self.targets.met(stats) or not enabled:
-            return forced, path, self.targets.met(stats)
-        order = [n for n in ranked(path) if n not in forced]
-        sizes = _schedule(min(self.max_kept, len(order)))
-        best = (stats, forced, path)
-        lo = 0
-        for k in sizes:
-            if len(self.trials) >= self.max_trials:
-                break
-            excl = forced + order[:k]
-            path, stats = self._trial(excl)
-            if _better(stats, best[0]):
-                best = (stats, excl, path)
-            if self.targets.met(stats):
-                hi, hit = k, (excl, path)
-                while hi - lo > 1 and len(self.trials) < self.max_trials:
-                    mid = (lo + hi) // 2
-                    p2, s2 = self._trial(forced + order[:mid])
-                    if self.targets.met(s2):
-                        hi, hit = mid, (forced + order[:mid], p2)
-                    else:
-                        lo = mid
-                return hit[0], hit[1], True
-            lo = k
-        return best[1], best[2], False
-
-
-def _schedule(limit: int) -> list[int]:
-    steps = [1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128]
-    out = [k for k in steps if k < limit] + [limit]
-    return sorted(set(k for k in out if k > 0))
-
-
-def _better(a: dict, b: dict) -> bool:
-    key = lambda s: (s["min"], s["mean"]) if math.isfinite(s["mean"]) else (-1.0, -1.0)  # noqa: E731
-    return key(a) > key(b)
-
-
-def capture_inputs(model_path: Path, tensors: list[str], feeds: Sequence[dict], *, rows: int = 2048,
-                   threads: int | None = None, seed: int = 0) -> dict[str, np.ndarray]:
-    """A sample of ``rows`` attended-token rows of each named float tensor
-    (flattened to [rows, last_dim]) over the calibration feeds, from the FP32 model."""
-    import onnx
-
-    model = onnx.load(str(model_path))
-    have = {o.name for o in model.graph.output}
-    for t in tensors:
-        if t not in have:
-            model.graph.output.append(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
-    aug = Path(model_path).with_name("capture.onnx")
-    save_model(model, aug)
-    del model
-    sess = session(aug, threads, exact=False)
-    names = {i.name for i in sess.get_inputs()}
-    rng = np.random.default_rng(seed)
-    per_feed = max(1, math.ceil(rows / max(len(feeds), 1)))
-    got: dict[str, list[np.ndarray]] = {t: [] for t in tensors}
-    for f in feeds:
-        outs = sess.run(tensors, {k: v for k, v in f.items() if k in names})
-        mask = f.get("attention_mask")
-        for t, x in zip(tensors, outs):
-            x2 = x.reshape(-1, x.shape[-1])
-            if mask is not None and mask.size == x2.shape[0]:
-                x2 = x2[mask.reshape(-1) > 0]
-            pick = rng.choice(len(x2), size=min(per_feed, len(x2)), replace=False)
-            got[t].append(x2[pick].astype(np.float32))
-    del sess
-    aug.unlink(missing_ok=True)
-    return {t: np.concatenate(v) for t, v in got.items()}
+    def as_dict(self) -> dict[str, float]:
+        return {"mean": self.mean, "p01": self.p01, "min": self.min}
 
 
 def relative_error(x: np.ndarray, w: np.ndarray, xq: np.ndarray, wq: np.ndarray) -> float:
@@ -201,23 +106,17 @@ def local_errors(fp32_model, quant_path: Path, nodes: list, acts: dict[str, np.n
     return out
 
 
-# ---- wiring used by the recipes -----------------------------------------------------------------
-
-def exclude_patterns(options: dict) -> list[str]:
-    """``options["exclude"]``: module-path substrings (one string or a list) kept in higher precision."""
-    value = options.get("exclude") or []
-    return [value] if isinstance(value, str) else [str(v) for v in value]
-
-
-def forced_nodes(prep: Prepared, patterns: list[str]) -> list[str]:
-    return [n.name for n in prep.candidates if any(p in prep.scopes[n.name] for p in patterns)]
+def capture_inputs(prep: Prepared, feeds) -> dict[str, np.ndarray]:
+    """Sampled FP32 rows of every Linear input over ``feeds`` (:func:`embedc.onnxkit.activations.capture`)."""
+    tensors = sorted({n.input[0] for n in prep.candidates})
+    return capture(prep.path, tensors, feeds, threads=prep.threads, level=SEARCH_LEVEL).samples
 
 
 def scorer(prep: Prepared) -> Callable[[Path], dict]:
     feeds = [prep.feeds[i] for i in prep.search_idx]
 
     def score(path: Path) -> dict:
-        cand = embed_feeds(session(path, prep.threads, exact=False), feeds)
+        cand = embed_feeds(cpu_session(path, prep.threads, level=SEARCH_LEVEL), feeds)
         return cosine_stats(prep.reference[prep.search_idx], cand)
     return score
 
@@ -233,12 +132,11 @@ class Ranker:
     def __call__(self, quant_path: Path) -> list[str]:
         prep = self.prep
         if self.acts is None:
-            self.acts = capture_inputs(prep.path, sorted({n.input[0] for n in prep.candidates}),
-                                       [prep.feeds[i] for i in prep.search_idx], threads=prep.threads)
+            self.acts = capture_inputs(prep, [prep.feeds[i] for i in prep.search_idx])
         self.errors = local_errors(prep.model, quant_path, prep.candidates, self.acts)
         return sorted(self.errors, key=self.errors.get, reverse=True)
 
 
 def kept_report(prep: Prepared, kept: list[str], errors: dict[str, float]) -> list[dict]:
-    return [{"node": n, "module": prep.scopes.get(n, n),
+    return [{"node": n, "module": prep.scopes.get(n) or n,
              **({"local_error": round(errors[n], 5)} if n in errors else {})} for n in kept]
