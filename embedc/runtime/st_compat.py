@@ -59,9 +59,6 @@ def st_load_call(artifact_dir: Path, meta: dict) -> tuple[dict | None, str | Non
     backend = get_backend(meta.get("backend") or "ort")  # the reference export runs in ORT
     if backend.capabilities.st_backend is None:
         return None, f"sentence-transformers has no backend for {backend.name} artifacts"
-    path = Path(artifact_dir) / meta["model_file"]
-    if not path.is_file():
-        raise ArtifactError(f"model file {path} is missing", "rebuild the artifact")
     kwargs, reason = backend.st_model_kwargs(Path(artifact_dir), meta)
     if kwargs is None:
         return None, reason
