@@ -29,11 +29,11 @@ def truncation_cosines(tiny_source, tiny_tokenizer, eval_samples):
     256 tokens (the 256-token cap of issue 10): 1.0 unless a text is longer than 256."""
     import torch
 
-    from embedc.models import load_torch_model
+    from embedc.families import load_embedder
     from embedc.parity.reference import reference_embeddings
 
     texts = PromptStyle.e5().apply_all(eval_samples)
-    model = load_torch_model(tiny_source)
+    model, _, _ = load_embedder(tiny_source)
     with torch.inference_mode():
         full = reference_embeddings(model, tiny_tokenizer, texts, max_length=512)
         capped = reference_embeddings(model, tiny_tokenizer, texts, max_length=256)

@@ -393,7 +393,7 @@ def trt_artifact(tiny_reference, tiny_source, tiny_tokenizer, tmp_path_factory):
     from embedc.spec import CalibrationSpec
     from embedc.targets.base import CompileContext
 
-    spec = CalibrationSpec(calib_per_lang=2, eval_per_lang=4, max_length=64)
+    spec = CalibrationSpec(calib_per_lang=2, eval_per_lang=4, max_length=64, long_per_lang=0)  # the split below
     splits = make_splits(load_default_corpus(), calib_per_lang=2, eval_per_lang=4, seed=0)
     ref_meta = read_meta(tiny_reference)
     style = PromptStyle(ref_meta["prefixes"]["query"], ref_meta["prefixes"]["passage"])
