@@ -24,6 +24,14 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.secho("interrupted: nothing was replaced (earlier results are intact)", fg="red", err=True)
             ctx.exit(130)
+        except BaseException as exc:
+            from .build.signals import BuildInterrupted
+
+            if not isinstance(exc, BuildInterrupted):
+                raise
+            click.secho(f"interrupted by {exc.name}: nothing was replaced (earlier results are intact)",
+                        fg="red", err=True)
+            ctx.exit(exc.exit_code)
 
 
 def _setup_logging(quiet: bool, verbose: bool) -> None:
@@ -234,16 +242,19 @@ def build(spec_file, model, trust_remote_code, allow_pickle, target, precision, 
         click.echo(json.dumps(plan_build(spec), indent=2))
         return
     from .build.pipeline import build as run_build
+    from .build.signals import handled
 
-    result = run_build(spec, force=force)
+    with handled():  # SIGTERM (CI cancel, timeout, docker stop) cleans up like Ctrl-C
+        result = run_build(spec, force=force)
     if (result.manifest.get("bench") or {}).get("rows"):
         from .bench.run import render_bench
 
         click.echo(render_bench(result.manifest["bench"]))
     if junit:
+        from .build.output_guard import junit_path
         from .reports.junit import write_junit
 
-        write_junit(result, junit)
+        write_junit(result, junit_path(junit, result.out))
     _print_build(result, as_json)
     if result.failed_gates:
         names = ", ".join(a.name for a in result.failed_gates)
