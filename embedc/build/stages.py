@@ -128,7 +128,10 @@ def prepare(spec: BuildSpec, *, force: bool) -> Prepared:
     from ..fsutil import check_output_location
     from . import output_guard, temps
 
+    from ..models.validate import check_model_folder
+
     source = resolve_source(spec)
+    check_model_folder(source.path)  # a broken folder is one line here, not a traceback from a loader
     out = Path(spec.out) if spec.out else default_out(source)
     corpus = None if spec.calibration.corpus == "default" else Path(spec.calibration.corpus)
     output_guard.check_output(out, force=force, inputs=[("model folder", source.path), ("corpus", corpus)])
