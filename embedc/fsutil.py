@@ -132,9 +132,11 @@ def swap_into_place(tmp: Path, final: Path, *, on_swap=None) -> None:
         except BaseException:
             os.replace(old, final)
             raise
-    if on_swap is not None:
-        on_swap()
-    shutil.rmtree(old, ignore_errors=True)
+    try:
+        if on_swap is not None:
+            on_swap()
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _umask() -> int:
