@@ -64,6 +64,9 @@ def check_output(out: Path, *, force: bool, inputs: Iterable[tuple[str, Path | N
         if real == _real(forbidden):
             raise OutputLocationError(f"--out {out} is {what}; a build folder there would replace everything in it",
                                       "choose a new folder for --out, e.g. artifacts/<model>")
+    if real != _real(Path.cwd()) and _inside(_real(Path.cwd()), real):
+        raise OutputLocationError(f"--out {out} contains the current folder; a build folder there would replace it",
+                                  "choose a new folder for --out, e.g. artifacts/<model>")
     for what, path in inputs:
         if path is None:
             continue
