@@ -16,7 +16,7 @@ from pathlib import Path
 
 log = logging.getLogger("embedc")
 
-LABELS = ("tmp", "work", "old", "failed-tmp")
+LABELS = ("tmp", "work", "old")
 _PATTERN = re.compile(r"^\..+\.(?:%s)-(\d+)-[A-Za-z0-9_]+$" % "|".join(re.escape(lb) for lb in LABELS))
 
 

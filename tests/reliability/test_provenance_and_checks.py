@@ -8,7 +8,7 @@ import shutil
 import pytest
 from click.testing import CliRunner
 
-from rel_helpers import build_args, error_lines, rel_spec, write_corpus
+from rel_helpers import build_args, rel_spec, write_corpus
 
 from embedc.build.pipeline import build
 from embedc.cli import cli
