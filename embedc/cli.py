@@ -106,8 +106,11 @@ def export(model, trust_remote_code, allow_pickle, out, opset, force, min_cosine
 
     source = resolve_model(model or DEFAULT_MODEL, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     out_dir = Path(out) if out else Path("artifacts") / _slug(source.name) / "export"
-    result = export_reference(source, out_dir, opset=opset, force=force,
-                              gate=ValidationGate(min_cosine=min_cosine, max_abs_diff=max_abs_diff))
+    from .build.signals import handled
+
+    with handled():  # SIGTERM cleans up like Ctrl-C
+        result = export_reference(source, out_dir, opset=opset, force=force,
+                                  gate=ValidationGate(min_cosine=min_cosine, max_abs_diff=max_abs_diff))
     v = result.meta["validation"]
     click.echo(f"exported {source.name} -> {result.path}")
     click.echo(f"validation vs PyTorch on {v['texts']} multilingual texts (batch 1/3/8, short/128/512 tokens): "
