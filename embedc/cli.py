@@ -24,6 +24,14 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.secho("interrupted: nothing was replaced (earlier results are intact)", fg="red", err=True)
             ctx.exit(130)
+        except BaseException as exc:
+            from .build.signals import BuildInterrupted
+
+            if not isinstance(exc, BuildInterrupted):
+                raise
+            click.secho(f"interrupted by {exc.name}: nothing was replaced (earlier results are intact)",
+                        fg="red", err=True)
+            ctx.exit(exc.exit_code)
 
 
 def _setup_logging(quiet: bool, verbose: bool) -> None:
@@ -98,8 +106,11 @@ def export(model, trust_remote_code, allow_pickle, out, opset, force, min_cosine
 
     source = resolve_model(model or DEFAULT_MODEL, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     out_dir = Path(out) if out else Path("artifacts") / _slug(source.name) / "export"
-    result = export_reference(source, out_dir, opset=opset, force=force,
-                              gate=ValidationGate(min_cosine=min_cosine, max_abs_diff=max_abs_diff))
+    from .build.signals import handled
+
+    with handled():  # SIGTERM cleans up like Ctrl-C
+        result = export_reference(source, out_dir, opset=opset, force=force,
+                                  gate=ValidationGate(min_cosine=min_cosine, max_abs_diff=max_abs_diff))
     v = result.meta["validation"]
     click.echo(f"exported {source.name} -> {result.path}")
     click.echo(f"validation vs PyTorch on {v['texts']} multilingual texts (batch 1/3/8, short/128/512 tokens): "
@@ -234,16 +245,19 @@ def build(spec_file, model, trust_remote_code, allow_pickle, target, precision, 
         click.echo(json.dumps(plan_build(spec), indent=2))
         return
     from .build.pipeline import build as run_build
+    from .build.signals import handled
 
-    result = run_build(spec, force=force)
+    with handled():  # SIGTERM (CI cancel, timeout, docker stop) cleans up like Ctrl-C
+        result = run_build(spec, force=force)
     if (result.manifest.get("bench") or {}).get("rows"):
         from .bench.run import render_bench
 
         click.echo(render_bench(result.manifest["bench"]))
     if junit:
+        from .build.output_guard import junit_path
         from .reports.junit import write_junit
 
-        write_junit(result, junit)
+        write_junit(result, junit_path(junit, result.out))
     _print_build(result, as_json)
     if result.failed_gates:
         names = ", ".join(a.name for a in result.failed_gates)

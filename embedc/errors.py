@@ -75,3 +75,19 @@ class ParityGateError(EmbedcError):
     """One or more parity gates failed."""
 
     exit_code = 3
+
+
+class DiskFullError(EmbedcError):
+    """The disk filled up while writing (nothing half-written is left behind)."""
+
+
+class InterruptedBuildError(EmbedcError):
+    """The build was stopped by a signal (SIGINT or SIGTERM); nothing was replaced."""
+
+    def __init__(self, signum: int):
+        import signal as _signal
+
+        self.signum = signum
+        self.exit_code = 128 + signum
+        name = _signal.Signals(signum).name
+        super().__init__(f"interrupted by {name}: nothing was replaced (earlier results are intact)")

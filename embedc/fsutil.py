@@ -36,42 +36,107 @@ def _existing_ancestor(path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def staged_dir(final: Path, *, force: bool) -> Iterator[Path]:
+def staged_dir(final: Path, *, force: bool, on_swap=None) -> Iterator[Path]:
     """Yield a temp folder beside ``final``; on success it replaces ``final``.
 
-    On any exception the temp folder is removed and ``final`` is untouched.
-    """
+    On any exception (a full disk included) the temp folder is removed and
+    ``final`` is untouched. The swap leaves no moment without ``final``
+    (:func:`swap_into_place`). Temp folders carry the pid (build/temps.py), so
+    one left by a killed process is removed by the next run."""
+    from .build import temps
+
     final = Path(final).absolute()
     check_output_location(final, force=force)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+        temps.sweep(final.parent, final.name)
+        tmp = temps.make(final.parent, final.name, "tmp")
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp is 0700; artifacts should look like any folder
     except OSError as exc:
+        raise_if_disk_full(exc, final.parent)
         raise OutputLocationError(f"cannot create {final.parent}: {exc.strerror}",
                                   "choose a writable --out") from exc
     try:
-        yield tmp
-        _swap_into_place(tmp, final)
+        try:
+            yield tmp
+            swap_into_place(tmp, final, on_swap=on_swap)
+        except OSError as exc:
+            raise_if_disk_full(exc, final)
+            raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
-def _swap_into_place(tmp: Path, final: Path) -> None:
+def raise_if_disk_full(exc: OSError, where: Path) -> None:
+    """ENOSPC / EDQUOT as the one-line DiskFullError naming ``where``."""
+    import errno
+
+    if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+        from .errors import DiskFullError
+
+        raise DiskFullError(f"no space left on {where}",
+                            "free disk space (or point EMBEDC_CACHE / --out at a bigger disk) and run again; "
+                            "nothing half-written was kept") from exc
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE). False
+    where the platform or file system does not support it."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    import errno
+
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(a))
+
+
+def swap_into_place(tmp: Path, final: Path, *, on_swap=None) -> None:
+    """Put the folder ``tmp`` at ``final``. An existing ``final`` is exchanged
+    with it in one step (renameat2), so there is never a moment without
+    ``final``; where that is unavailable, the old folder is renamed aside and
+    restored if the second rename fails. ``on_swap`` runs right after the
+    swap, before the old folder is removed (fault injection)."""
+    from .build import temps
+
     if not final.exists():
         os.replace(tmp, final)
+        if on_swap is not None:
+            on_swap()
         return
-    # Keep the old result until the new one is in place.
-    old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
-    os.rmdir(old)
-    os.replace(final, old)
+    if _exchange(tmp, final):
+        old = tmp  # the previous result now sits at the temp name (pid-named: swept if we die here)
+    else:
+        old = temps.make(final.parent, final.name, "old")
+        os.rmdir(old)
+        os.replace(final, old)
+        try:
+            os.replace(tmp, final)
+        except BaseException:
+            os.replace(old, final)
+            raise
     try:
-        os.replace(tmp, final)
-    except BaseException:
-        os.replace(old, final)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+        if on_swap is not None:
+            on_swap()
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _umask() -> int:
@@ -90,9 +155,11 @@ def write_json_atomic(path: Path, data: object) -> None:
             json.dump(data, fh, indent=2, sort_keys=False, ensure_ascii=False)
             fh.write("\n")
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise_if_disk_full(exc, path)
         raise
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EmbedcError
+from . import faults
 
 log = logging.getLogger("embedc")
 
@@ -133,6 +134,7 @@ def _compile_and_judge(job: ArtifactJob, out: Path) -> None:
                              calibration=job.calibration, length_stats=job.length_stats, options=dict(job.options),
                              work_dir=work)
         res = backend.compile(job.target, job.precision, ctx, out)
+        faults.point("compile")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     compile_s = time.perf_counter() - t0
@@ -147,6 +149,7 @@ def _compile_and_judge(job: ArtifactJob, out: Path) -> None:
     parity = compute_parity(reference, candidate, ids=list(job.eval_ids), langs=list(job.eval_langs),
                             kinds=list(job.eval_kinds))
     meta["parity"] = parity.to_dict()
+    faults.point("parity")
     meta["parity_by_length"] = parity_by_length(parity.cosines, list(job.eval_ids), list(job.eval_lengths),
                                                 job.eval_max_length).to_dict()
     meta["model_files"] = backend.model_files(out, meta)

@@ -11,11 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 
 from ..artifact import file_inventory, sha256_file
-from ..fsutil import read_json, staged_dir, write_json_atomic
+from ..fsutil import read_json, write_json_atomic
 
 log = logging.getLogger("embedc")
 ENTRY_JSON = "entry.json"
@@ -30,35 +31,104 @@ class StageCache:
     def __init__(self, root: Path):
         self.root = Path(root)
 
+    def sweep(self) -> None:
+        """Remove temp folders that killed processes left in the cache (live builds' are kept)."""
+        from . import temps
+
+        if self.root.is_dir():
+            for stage in self.root.iterdir():
+                if stage.is_dir():
+                    temps.sweep(stage)
+
     def path(self, stage: str, key: str) -> Path:
         return self.root / stage / key
 
     def lookup(self, stage: str, key: str) -> Path | None:
-        """The entry folder if present and intact; a corrupt entry is removed."""
+        """The entry folder if present and intact; a corrupt entry is removed.
+
+        Intact means: ``entry.json`` is an object whose ``files`` is a
+        non-empty list of {path, bytes, sha256}, every listed file matches,
+        and the folder holds nothing else (a scratch file some process left
+        in it, or a half-written temp model, makes the entry corrupt)."""
         folder = self.path(stage, key)
         meta = folder / ENTRY_JSON
         if not meta.is_file():
             return None
         try:
-            files = read_json(meta)["files"]
-            for f in files:
-                p = folder / f["path"]
-                if not p.is_file() or p.stat().st_size != f["bytes"] or sha256_file(p) != f["sha256"]:
-                    raise ValueError(f["path"])
-        except (OSError, ValueError, KeyError) as exc:
+            _verify_entry(folder, read_json(meta))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
             log.warning("cache entry %s/%s is corrupt (%s); rebuilding", stage, key, exc)
-            shutil.rmtree(folder, ignore_errors=True)
+            self._discard(folder)
             return None
         return folder
 
+    def _discard(self, folder: Path) -> None:
+        """Move a corrupt entry aside in one rename (a concurrent reader sees it whole or not at all), then delete it."""
+        from . import temps
+
+        try:
+            aside = temps.make(folder.parent, folder.name, "old")
+            os.rmdir(aside)
+            os.replace(folder, aside)
+        except OSError:
+            aside = folder
+        shutil.rmtree(aside, ignore_errors=True)
+
     def store(self, stage: str, key: str, info: dict, fill) -> Path:
-        """Create an entry atomically: ``fill(tmp_folder)`` writes the files."""
+        """Create an entry atomically: ``fill(tmp_folder)`` writes the files.
+
+        The temp folder is this process's own (pid-named, swept when a killed
+        run left it); if another process stored the same key meanwhile, its
+        intact entry is kept and ours discarded. A full disk raises
+        DiskFullError and leaves no partial entry."""
+        from ..fsutil import _umask, raise_if_disk_full, swap_into_place
+        from . import temps
+
         folder = self.path(stage, key)
-        with staged_dir(folder, force=True) as tmp:
-            fill(tmp)
-            write_json_atomic(tmp / ENTRY_JSON, {"stage": stage, "key": key, **info,
-                                                 "files": file_inventory(tmp, exclude=(ENTRY_JSON,))})
+        try:
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            temps.sweep(folder.parent)
+            tmp = temps.make(folder.parent, key, "tmp")
+            os.chmod(tmp, 0o777 & ~_umask())
+        except OSError as exc:
+            raise_if_disk_full(exc, folder.parent)
+            raise
+        try:
+            try:
+                fill(tmp)
+                write_json_atomic(tmp / ENTRY_JSON, {"stage": stage, "key": key, **info,
+                                                     "files": file_inventory(tmp, exclude=(ENTRY_JSON,))})
+                if self.lookup(stage, key) is not None:  # another build stored it meanwhile: keep theirs
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    return folder
+                swap_into_place(tmp, folder)
+            except OSError as exc:
+                raise_if_disk_full(exc, folder)
+                raise
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         return folder
+
+
+def _verify_entry(folder: Path, data) -> None:
+    if not isinstance(data, dict) or not isinstance(data.get("files"), list):
+        raise ValueError(f"{ENTRY_JSON} is not an object with a 'files' list")
+    files = data["files"]
+    if not files:
+        raise ValueError(f"{ENTRY_JSON} lists no files")
+    listed = set()
+    for f in files:
+        if not isinstance(f, dict) or not {"path", "bytes", "sha256"} <= set(f):
+            raise ValueError(f"{ENTRY_JSON} has a malformed file record")
+        p = folder / f["path"]
+        if not p.is_file() or p.stat().st_size != f["bytes"] or sha256_file(p) != f["sha256"]:
+            raise ValueError(f["path"])
+        listed.add(Path(f["path"]).as_posix())
+    extra = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
+                   if not p.is_dir() and p.relative_to(folder).as_posix() not in listed and p.name != ENTRY_JSON)
+    if extra:
+        raise ValueError(f"unlisted file {extra[0]}")
 
 
 _PACKAGE = Path(__file__).resolve().parent.parent  # embedc/

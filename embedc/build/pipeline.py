@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 from ..artifact import write_meta
 from ..errors import EmbedcError
 from ..spec import BuildSpec
-from . import stages
+from . import faults, output_guard, stages, temps
 from .artifact_job import ARTIFACT_CODE, ArtifactJob, ArtifactOutcome, run_artifact_job  # noqa: F401
 from .cache import StageCache, copy_tree
 from .executor import LocalExecutor
@@ -55,6 +54,7 @@ def build(spec: BuildSpec, *, force: bool = False, cache_dir: Path | None = None
     t_start = time.perf_counter()
     spec = validate(spec)  # options, gates and sizes are checked before any work, whoever made the spec
     cache = StageCache(Path(cache_dir) if cache_dir else cache_root() / "stages")
+    cache.sweep()
     p = stages.prepare(spec, force=force)
     export_dir, export_key, ref_meta = stages.export(p, cache)
     p.tokenizer = load_tokenizer(dataclasses.replace(p.source, path=export_dir))  # the tokenizer artifacts carry
@@ -62,7 +62,7 @@ def build(spec: BuildSpec, *, force: bool = False, cache_dir: Path | None = None
     reference_dir = stages.reference(p, data, cache)
     remote = stages.remote_code_parity(p, data)
     p.out.absolute().parent.mkdir(parents=True, exist_ok=True)
-    work_root = Path(tempfile.mkdtemp(prefix=f".{p.out.name}.work-", dir=p.out.absolute().parent))
+    work_root = temps.make(p.out.absolute().parent, p.out.name, "work")  # pid-named: swept if this run is killed
     try:
         jobs = plan_jobs(p, data, export_dir, export_key, ref_meta, reference_dir / "embeddings.npy", cache,
                          work_root)
@@ -121,14 +121,21 @@ def assemble(p: stages.Prepared, data: stages.BuildData, export_dir: Path, ref_m
     from .manifest import build_manifest
 
     spec = p.spec
-    with staged_dir(p.out, force=force) as stage:
+    # A build with a failed gate or a failed pair never replaces (or creates) <out>: its reports go to
+    # <out>.failed, and the previous build stays byte-identical.
+    ok = all(o.status == "pass" for o in outcomes)
+    dest = p.out if ok else output_guard.failed_path(p.out)
+    if not ok:
+        log.warning("the build failed: its reports go to %s; %s is left untouched", dest, p.out)
+    with staged_dir(dest, force=force or not ok, on_swap=lambda: faults.point("swap")) as stage:
         copy_tree(export_dir, stage / "export")
         for job, o in zip(jobs, outcomes):
             if o.status == "error":
                 continue
             o.meta = {**o.meta, "gates": {"verdict": o.status, "resolved": gates_to_dict(job.gates),
                                           "outcomes": [g.to_dict() for g in o.gates]},
-                      "calibration_spec": dataclasses.asdict(spec.calibration)}
+                      "calibration_spec": dataclasses.asdict(spec.calibration),
+                      "model": job.source}  # this build's model and corpus paths, not the cache filler's
             if o.status == "pass":
                 o.path = o.name
                 copy_tree(Path(o.entry), stage / o.path)
@@ -136,10 +143,14 @@ def assemble(p: stages.Prepared, data: stages.BuildData, export_dir: Path, ref_m
         bench = _bench(spec, stage, outcomes)
         manifest = build_manifest(spec, p.source, ref_meta, data.summary, outcomes, stage,
                                   seconds=time.perf_counter() - t_start, bench=bench, remote_parity=remote_parity)
-        result = BuildResult(p.out, manifest, outcomes)
+        result = BuildResult(dest, manifest, outcomes)
         from ..reports.markdown import write_reports
 
         write_reports(result, stage)
+        faults.point("report")
+    stale = output_guard.failed_path(p.out)
+    if ok and stale.is_dir() and output_guard.is_embedc_output(stale):
+        shutil.rmtree(stale, ignore_errors=True)  # an earlier failure's reports: this build passed
     return result
 
 

@@ -14,9 +14,10 @@ from typing import Any
 import numpy as np
 
 from ..artifact import read_meta
-from ..errors import CorpusError
+from ..errors import CorpusError, OutputLocationError
 from ..spec import EVAL_LENGTH_CAP, BuildSpec
 from ..versions import library_versions
+from . import faults
 from .cache import StageCache, code_digest, content_key, hash_model_folder
 
 log = logging.getLogger("embedc")
@@ -125,10 +126,23 @@ def prepare(spec: BuildSpec, *, force: bool) -> Prepared:
     here, before the export (minutes on a large model)."""
     from ..families import load_model_tokenizer
     from ..fsutil import check_output_location
+    from . import output_guard, temps
+
+    from ..models.validate import check_model_folder
 
     source = resolve_source(spec)
+    check_model_folder(source.path)  # a broken folder is one line here, not a traceback from a loader
     out = Path(spec.out) if spec.out else default_out(source)
+    corpus = None if spec.calibration.corpus == "default" else Path(spec.calibration.corpus)
+    output_guard.check_output(out, force=force, inputs=[("model folder", source.path), ("corpus", corpus)])
     check_output_location(out, force=force)
+    failed = output_guard.failed_path(out)
+    if failed.exists() and not output_guard.is_embedc_output(failed):
+        raise OutputLocationError(f"{failed} exists and is not an embedc build folder; a failing build writes "
+                                  "its reports there", "move it away or choose another --out")
+    if out.absolute().parent.is_dir():
+        temps.sweep(out.absolute().parent, out.name)       # left by killed builds of this output
+        temps.sweep(out.absolute().parent, failed.name)
     splits = load_splits(spec)
     family, tokenizer, adapter = load_model_tokenizer(source)
     return Prepared(spec=spec, source=source, family=family, adapter=adapter, tokenizer=tokenizer, splits=splits,
@@ -150,8 +164,11 @@ def export(p: Prepared, cache: StageCache) -> tuple[Path, str, dict]:
     hit = cache.lookup("export", key)
     if hit is None:
         log.info("exporting %s to ONNX", p.source.name)
-        hit = cache.store("export", key, {"model": p.source.name},
-                          lambda tmp: export_reference(p.source, tmp, opset=p.spec.export.opset, force=True))
+        def fill(tmp):
+            export_reference(p.source, tmp, opset=p.spec.export.opset, force=True)
+            faults.point("export")
+
+        hit = cache.store("export", key, {"model": p.source.name}, fill)
     else:
         log.info("export: cached (%s)", key[:12])
     return hit, key, read_meta(hit)
@@ -215,8 +232,11 @@ def reference(p: Prepared, d: BuildData, cache: StageCache) -> Path:
         log.info("computing torch FP32 reference embeddings for %d evaluation texts (up to %d tokens)",
                  len(d.eval_texts), p.eval_max_length)
         emb = reference_embeddings(p.embedder(), p.tokenizer, d.eval_texts, max_length=p.eval_max_length)
-        hit = cache.store("reference", key, {"model": p.source.name},
-                          lambda tmp: np.save(tmp / "embeddings.npy", emb))
+        def fill(tmp):
+            np.save(tmp / "embeddings.npy", emb)
+            faults.point("reference")
+
+        hit = cache.store("reference", key, {"model": p.source.name}, fill)
     else:
         log.info("reference embeddings: cached (%s)", key[:12])
     return hit

@@ -48,6 +48,11 @@ def export_reference(source: ModelSource, out: Path, *, opset: int = 18, force: 
     if opset not in SUPPORTED_OPSETS:
         raise UsageError(f"opset {opset} is not supported",
                          f"use {SUPPORTED_OPSETS.start}-{SUPPORTED_OPSETS.stop - 1}")
+    from ..build.output_guard import check_output
+    from ..models.validate import check_model_folder
+
+    check_model_folder(source.path)
+    check_output(Path(out), force=force, inputs=[("model folder", source.path)])
     check_output_location(Path(out), force=force)
     family, config = resolve_family(source)
     tokenizer = family.prepare_tokenizer(load_tokenizer(source))
@@ -120,6 +125,10 @@ def dynamo_export(embedder, tokenizer, path: Path, *, opset: int, external_data:
                 dynamic_shapes={n: axes for n in names}, verbose=False)
         program.save(str(path), external_data=external_data)
     except Exception as exc:
+        if isinstance(exc, OSError):
+            from ..fsutil import raise_if_disk_full
+
+            raise_if_disk_full(exc, Path(path).parent)
         raise ExportError(f"torch.onnx export failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}",
                           "check the model loads in transformers with attn_implementation='eager'") from exc
 

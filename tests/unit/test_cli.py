@@ -96,6 +96,8 @@ def test_gate_failure_exit_3_then_parity_recheck(runner, tmp_path):
                                  "--gate", "int8:min>=1.0", "-o", str(out), "--junit", str(junit)])
     assert result.exit_code == 3, result.output
     assert "parity gate failed for 1 artifact(s): ort-cpu/int8-dynamic" in _one_line_error(result)
+    assert not out.exists()  # a failing build never creates (or replaces) <out>: its reports go beside it
+    out = tmp_path / "o.failed"
     assert (out / "report.md").is_file() and junit.is_file()
     assert not (out / "ort-cpu" / "int8-dynamic").exists()
     again = runner.invoke(cli, ["build", *TINY, "-t", "ort-cpu", "-p", "fp32", "-o", str(tmp_path / "again")])

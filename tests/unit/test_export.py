@@ -55,11 +55,12 @@ def test_existing_output_refused_and_kept(tiny_source, tmp_path):
 def test_failed_run_with_force_keeps_earlier_result(tiny_source, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
+    (out / "embedc.json").write_text('{"format": "embedc-artifact/1", "stage": "export"}')  # --force replaces only embedc's
     (out / "keep.txt").write_text("good earlier result")
     # An impossible gate makes validation fail after the export: nothing may replace the old folder.
     with pytest.raises(ExportValidationError, match="disagrees with PyTorch"):
         export_reference(tiny_source, out, force=True, gate=ValidationGate(min_cosine=1.1))
-    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["embedc.json", "keep.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temp folder left behind
 
 

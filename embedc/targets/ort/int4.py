@@ -115,7 +115,7 @@ def quantize_int4(src: Path, dst: Path, *, feeds, input_names: Sequence[str], op
     search = {"enabled": False, "excluded": [], "sqnr": {}}
     if options["auto_exclude"] > 0:
         stats = capture(src, sorted({n.input[0] for n in weight_matmuls(model)}), feeds, threads=threads,
-                        level="all")
+                        level="all", scratch=work)
         candidates = [n for n in names if n not in forced]
         search = auto_exclude(build, lambda _: int4_sqnr(model, candidates, stats, bs, sym), candidates, forced,
                               stats.embeddings, feeds, options, work, threads)

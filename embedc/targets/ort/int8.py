@@ -189,7 +189,8 @@ def quantize_int8_static(src: Path, dst: Path, *, feeds, input_names: Sequence[s
     forced = excluded_by_option(paths, names, options["exclude"])
     recipe: dict = {"embedding": _table(model, options) if options["quantize_embedding"] else None}
     started = time.perf_counter()
-    stats = capture(src, sorted({n.input[0] for n in weight_matmuls(model)}), feeds, threads=threads, level="all")
+    stats = capture(src, sorted({n.input[0] for n in weight_matmuls(model)}), feeds, threads=threads, level="all",
+                    scratch=work)
     recipe["activation_stats"] = {"feeds": len(feeds), "sampled_rows": stats.sampled_rows,
                                   "seconds": round(time.perf_counter() - started, 1)}
     recipe["smooth_quant"] = None

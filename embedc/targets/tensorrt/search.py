@@ -109,7 +109,8 @@ def local_errors(fp32_model, quant_path: Path, nodes: list, acts: dict[str, np.n
 def capture_inputs(prep: Prepared, feeds) -> dict[str, np.ndarray]:
     """Sampled FP32 rows of every Linear input over ``feeds`` (:func:`embedc.onnxkit.activations.capture`)."""
     tensors = sorted({n.input[0] for n in prep.candidates})
-    return capture(prep.path, tensors, feeds, threads=prep.threads, level=SEARCH_LEVEL).samples
+    return capture(prep.path, tensors, feeds, threads=prep.threads, level=SEARCH_LEVEL,
+                   scratch=prep.path.parent).samples
 
 
 def scorer(prep: Prepared) -> Callable[[Path], dict]:

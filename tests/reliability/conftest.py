@@ -1,0 +1,75 @@
+"""Reliability suite: the toy family, the fake and probe backends, a toy
+model, a small corpus, and one good build (module-independent, session-wide)
+that tests copy as "the previous build" they must not lose."""
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from rel_helpers import ProbeBackend, rel_spec, write_corpus
+from toy import FakeBackend, ToyFamily, make_toy_model
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _register_fakes():
+    from embedc.families.base import _FAMILIES, register_family
+    from embedc.targets.registry import _BACKENDS, register_backend, unregister_backend
+
+    added = []
+    if "toy" not in _FAMILIES:
+        register_family(ToyFamily())
+        added.append("family")
+    for b in (FakeBackend(), ProbeBackend()):
+        if b.name not in _BACKENDS:
+            register_backend(b)
+            added.append(b.name)
+    yield
+    for name in added:
+        if name == "family":
+            _FAMILIES.pop("toy", None)
+        else:
+            unregister_backend(name)
+
+
+@pytest.fixture(scope="session")
+def toy(tmp_path_factory):
+    return make_toy_model(tmp_path_factory.mktemp("rel-toy") / "toy-model")
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    return write_corpus(tmp_path_factory.mktemp("rel-corpus") / "corpus.jsonl")
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("rel-cache")
+
+
+@pytest.fixture(autouse=True)
+def _cache_env(shared_cache, monkeypatch):
+    monkeypatch.setenv("EMBEDC_CACHE", str(shared_cache))
+    monkeypatch.delenv("EMBEDC_FAULT", raising=False)
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture(scope="session")
+def good_build(toy, corpus, shared_cache, tmp_path_factory):
+    """A passing build (fake-cpu fp32) in the shared cache; copy it with ``previous``."""
+    from embedc.build.pipeline import build
+
+    out = tmp_path_factory.mktemp("rel-good") / "build"
+    os.environ["EMBEDC_CACHE"] = str(shared_cache)
+    result = build(rel_spec(toy, corpus, out), cache_dir=shared_cache / "stages")
+    assert result.manifest["verdict"] == "pass"
+    return out
+
+
+@pytest.fixture()
+def previous(good_build, tmp_path):
+    """A copy of the good build at tmp_path/proj/build: the result a later run must not lose."""
+    dst = tmp_path / "proj" / "build"
+    shutil.copytree(good_build, dst)
+    return dst
