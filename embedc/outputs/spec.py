@@ -177,7 +177,7 @@ def plan_heads(o: OutputsSpec, *, model_type: str, width: int, graph_outputs) ->
     for d in dims_list:
         if d > width:
             raise SpecError(f"output dims {d} is larger than the model's embedding width {width}",
-                            f"use dims <= {width} (Matryoshka truncation keeps the first dims)")
+                            f"use dims <= {width}: Matryoshka truncation keeps the first dims")
     source = POOLED if POOLED in set(graph_outputs) else SENTENCE
     heads: list[Head] = []
     warnings: list[str] = []
