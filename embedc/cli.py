@@ -220,6 +220,10 @@ def _coerce(raw: str):
 @click.option("-o", "--out", default=None, help="Build folder [default: artifacts/<model>].")
 @click.option("--force", is_flag=True, help="Replace an existing build folder (only after the new build is complete).")
 @click.option("--dry-run", is_flag=True, help="Print the resolved spec and plan; run nothing.")
+@click.option("--output", "output_formats", default=None, metavar="FORMATS",
+              help="Compressed outputs in the graph: float32,int8,int8-tanh,binary,ubinary (spec: [outputs]).")
+@click.option("--dims", "output_dims", default=None, metavar="N[,N]",
+              help="Matryoshka dims of the compressed outputs, e.g. 256 or 256,128 [default: the model's width].")
 @click.option("--bench", is_flag=True, help="Benchmark every artifact against torch FP32 after the build.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Threads for benchmarks.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
@@ -227,7 +231,7 @@ def _coerce(raw: str):
               help="Write a JUnit XML file: one case per (artifact, gate).")
 def build(spec_file, model, trust_remote_code, allow_pickle, target, precision, calib, calib_per_lang, eval_per_lang,
           seed, min_languages, max_length, eval_max_length, option, gate, out, force, dry_run, bench, threads, as_json,
-          junit) -> None:
+          junit, output_formats=None, output_dims=None) -> None:
     """Export, calibrate, compile every (target, precision), check parity, report."""
     import dataclasses
 
@@ -239,6 +243,14 @@ def build(spec_file, model, trust_remote_code, allow_pickle, target, precision, 
         spec = dataclasses.replace(spec, model=dataclasses.replace(
             spec.model, trust_remote_code=trust_remote_code or spec.model.trust_remote_code,
             allow_pickle=allow_pickle or spec.model.allow_pickle))
+    if output_formats is not None or output_dims is not None:
+        from .outputs.spec import check as check_outputs
+        from .outputs.spec import parse_dims, parse_formats
+
+        o = spec.outputs
+        spec = dataclasses.replace(spec, outputs=check_outputs(dataclasses.replace(
+            o, formats=o.formats if output_formats is None else parse_formats(output_formats),
+            dims=o.dims if output_dims is None else parse_dims(output_dims))))
     if dry_run:
         from .build.plan import plan_build
 
@@ -350,13 +362,17 @@ def bench(artifacts, model, threads, batch_size, repeats, as_json) -> None:
 @click.argument("artifact", type=click.Path())
 @click.argument("texts", nargs=-1, required=True)
 @click.option("--kind", type=click.Choice(["query", "passage"]), default="query", show_default=True)
-def embed(artifact, texts, kind) -> None:
-    """Embed TEXTS with an artifact; prints one JSON array per text."""
+@click.option("--output", default="float32", show_default=True,
+              type=click.Choice(["float32", "int8", "int8-tanh", "binary", "ubinary"]),
+              help="Which output: the float embedding or a compressed output the artifact carries.")
+@click.option("--dims", type=click.IntRange(min=1), default=None, help="Matryoshka dims [default: full width].")
+def embed(artifact, texts, kind, output, dims) -> None:
+    """Embed TEXTS with an artifact; prints one JSON array per text (integers for int8/binary/ubinary)."""
     from .runtime.encoder import load
 
     enc = load(artifact)
-    for vec in enc.encode(list(texts), kind=kind):
-        click.echo(json.dumps([round(float(x), 6) for x in vec]))
+    for vec in enc.encode(list(texts), kind=kind, output=output, dims=dims):
+        click.echo(json.dumps([round(float(x), 6) for x in vec] if vec.dtype.kind == "f" else [int(x) for x in vec]))
 
 
 def _slug(name: str) -> str:

@@ -12,6 +12,8 @@ Spec file layout (every key optional except what a build needs)::
     [gates]        int8 = "mean>=0.995,min>=0.98"   ("*", a family or a precision -> gates)
     [gates.models."all-minilm-l6-v2"]  int8 = "mean>=0.99"   (only when that model is built)
     [bench]        enabled, threads, batch_size, repeats
+    [outputs]      formats = ["int8", "ubinary"], dims = [256], int8_scheme, rescore_multiplier, gates
+                   (compressed output embeddings in the graph: embedc/outputs/)
 
 Artifacts always serve at the model's own maximum length; the two length
 settings only bound the texts that calibrate and judge them.
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SpecError, UsageError
+from .outputs.spec import OutputsSpec
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,7 @@ class BuildSpec:
     run_gates: dict = field(default_factory=dict)      # --gate on the command line, same shape as gates
     bench: BenchSpec = BenchSpec()
     out: str | None = None
+    outputs: OutputsSpec = OutputsSpec()    # compressed output embeddings (embedc/outputs/)
 
     def pairs(self) -> list[tuple[str, str]]:
         return [(m.target, p) for m in self.matrix for p in m.precisions]
@@ -147,7 +151,7 @@ def _check_type(value: Any, expected: str, where: str):
 
 
 def spec_from_dict(data: dict) -> BuildSpec:
-    known = {"model", "export", "calibration", "matrix", "gates", "bench", "out"}
+    known = {"model", "export", "calibration", "matrix", "gates", "bench", "out", "outputs"}
     for key in data:
         if key not in known:
             raise SpecError(f"unknown spec key '{key}'", f"valid top-level keys: {', '.join(sorted(known))}")
@@ -161,6 +165,10 @@ def spec_from_dict(data: dict) -> BuildSpec:
         kwargs["gates"], kwargs["model_gates"] = _gates(data["gates"])
     if "out" in data:
         kwargs["out"] = _check_type(data["out"], "str", "out")
+    if "outputs" in data:
+        from .outputs.spec import from_table
+
+        kwargs["outputs"] = from_table(data["outputs"])
     return validate(BuildSpec(**kwargs))
 
 
@@ -236,6 +244,9 @@ def validate(spec: BuildSpec) -> BuildSpec:
         if stray:
             raise SpecError(f"matrix[{i}] ({m.target}) has options for {stray[0]!r}, which it does not build",
                             f"add {stray[0]!r} to its precisions or remove those options")
+    from .outputs.spec import check as check_outputs
+
+    check_outputs(spec.outputs)
     _check_gate_keys(spec.gates, "gates")
     _check_gate_keys(spec.run_gates, "--gate")
     for model, table in spec.model_gates.items():

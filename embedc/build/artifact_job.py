@@ -24,7 +24,7 @@ log = logging.getLogger("embedc")
 # embedc source that shapes every artifact besides its backend's own package
 ARTIFACT_CODE = ("targets/base.py", "targets/options.py", "targets/host.py", "onnxkit/*.py", "parity/metrics.py",
                  "parity/lengths.py", "parity/harness.py", "calibration/feeds.py", "runtime/st_compat.py",
-                 "build/artifact_job.py")
+                 "build/artifact_job.py")  # outputs/*.py: in the key of artifacts with compressed outputs only
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,7 @@ class ArtifactJob:
     source_dir: str
     gates: tuple = ()               # resolved parity.Gate list
     facts: dict = field(default_factory=dict)   # backend cache facts
+    outputs: dict | None = None     # compressed output heads (embedc/outputs/build.py prepare_job)
 
     @property
     def name(self) -> str:
@@ -102,6 +103,10 @@ def run_artifact_job(job: ArtifactJob) -> ArtifactOutcome:
             log.info("%s: cached (%s)", job.name, job.key[:12])
         meta = read_meta(hit)
         outcomes = evaluate_gates(ParityResult.from_dict(meta["parity"]), job.gates)
+        if job.outputs:
+            from ..outputs.build import gate_outcomes
+
+            outcomes += gate_outcomes(meta, job.outputs["gates"])
         passed = not any(o.failed for o in outcomes)
         return ArtifactOutcome(job.target.name, job.precision, "pass" if passed else "fail", entry=str(hit),
                                meta=meta, gates=outcomes, cached=cached, seconds=time.perf_counter() - t0)
@@ -134,6 +139,10 @@ def _compile_and_judge(job: ArtifactJob, out: Path) -> None:
                              calibration=job.calibration, length_stats=job.length_stats, options=dict(job.options),
                              work_dir=work)
         res = backend.compile(job.target, job.precision, ctx, out)
+        if job.outputs:
+            from ..outputs.build import attach as attach_heads
+
+            heads_record = attach_heads(job.outputs, backend, out, res)
         faults.point("compile")
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -152,6 +161,11 @@ def _compile_and_judge(job: ArtifactJob, out: Path) -> None:
     faults.point("parity")
     meta["parity_by_length"] = parity_by_length(parity.cosines, list(job.eval_ids), list(job.eval_lengths),
                                                 job.eval_max_length).to_dict()
+    if job.outputs:
+        from ..outputs.build import judge as judge_heads
+
+        meta["compressed_outputs"] = judge_heads(job.outputs, runner, tokenizer, job, heads_record, out)
+        meta["unverified"] += [heads_record["unverified"]] if heads_record.get("unverified") else []
     meta["model_files"] = backend.model_files(out, meta)
     meta["model_bytes"] = sum((out / f).stat().st_size for f in meta["model_files"])
     meta["files"] = file_inventory(out)

@@ -36,6 +36,7 @@ def build_manifest(spec, source, ref_meta: dict, split_summary: dict, outcomes, 
                 },
                 "gates": o.meta.get("gates"),
                 "parity_by_length": o.meta.get("parity_by_length"),
+                "compressed_outputs": _compressed(o.meta.get("compressed_outputs")),
             })
         artifacts.append(entry)
     manifest = {
@@ -67,3 +68,12 @@ def _backend_name(target: str) -> str:
     from ..targets.registry import get_target
 
     return get_target(target).backend
+
+
+def _compressed(record: dict | None) -> dict | None:
+    """The artifact's compressed outputs, without the per-language detail (that stays in embedc.json)."""
+    if not record:
+        return None
+    from ..outputs.record import manifest_entry
+
+    return manifest_entry(record)

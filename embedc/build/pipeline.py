@@ -56,6 +56,9 @@ def build(spec: BuildSpec, *, force: bool = False, cache_dir: Path | None = None
     cache = StageCache(Path(cache_dir) if cache_dir else cache_root() / "stages")
     cache.sweep()
     p = stages.prepare(spec, force=force)
+    from ..outputs.build import plan as plan_outputs
+
+    outputs_plan = plan_outputs(spec, p.adapter)  # dims wider than the model fail here, before the export
     export_dir, export_key, ref_meta = stages.export(p, cache)
     p.tokenizer = load_tokenizer(dataclasses.replace(p.source, path=export_dir))  # the tokenizer artifacts carry
     data = stages.data(p)
@@ -66,6 +69,8 @@ def build(spec: BuildSpec, *, force: bool = False, cache_dir: Path | None = None
     try:
         jobs = plan_jobs(p, data, export_dir, export_key, ref_meta, reference_dir / "embeddings.npy", cache,
                          work_root)
+        if outputs_plan is not None:
+            jobs = _with_outputs(jobs, outputs_plan, p, data, export_dir, ref_meta, reference_dir, work_root)
         outcomes = (executor or LocalExecutor()).run(jobs, on_done=_log_outcome)
     finally:
         shutil.rmtree(work_root, ignore_errors=True)
@@ -109,6 +114,21 @@ def plan_jobs(p: stages.Prepared, data: stages.BuildData, export_dir: Path, expo
             style=p.style.to_dict(), source=p.source.to_dict(), source_dir=str(p.source.path),
             gates=tuple(resolve_gates(precision, spec.gate_layers(p.model_names))), facts=facts))
     return jobs
+
+
+def _with_outputs(jobs, outputs_plan, p, data, export_dir, ref_meta, reference_dir, work_root):
+    """Compressed outputs: int8 ranges from the FP32 export on the calibration split, once per
+    build; each job gets them and a key that covers them (embedc/outputs/build.py)."""
+    from ..outputs.build import prepare_job
+    from .cache import content_key
+
+    outputs = prepare_job(outputs_plan, p.spec, export_dir=export_dir, ref_meta=ref_meta,
+                          calibration=data.calibration, calibration_hash=data.calibration_hash,
+                          tokenizer=p.tokenizer, eval_texts=data.eval_texts, eval_max_length=p.eval_max_length,
+                          reference_file=reference_dir / "embeddings.npy", work_root=work_root)
+    return [dataclasses.replace(j, outputs=outputs,
+                                key=content_key("artifact-outputs", {"artifact": j.key, "outputs": outputs["digest"]}))
+            for j in jobs]
 
 
 def assemble(p: stages.Prepared, data: stages.BuildData, export_dir: Path, ref_meta: dict, jobs, outcomes,

@@ -46,6 +46,9 @@ def render_markdown(manifest: dict) -> str:
                      f"{r['worst_lang']} {fmt(r['worst_lang_mean'])} | {fmt(r['top10'], 3)} | {fmt(r['top1'], 3)} | "
                      f"{r['mb']:.1f} |")
     lines += _length_table(manifest)
+    from ..outputs.record import markdown_section
+
+    lines += markdown_section(manifest)
     bench = manifest.get("bench")
     if bench and bench.get("error"):
         lines += ["", "## Benchmark", "", f"Benchmark failed: {bench['error']}"]

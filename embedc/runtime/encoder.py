@@ -44,8 +44,12 @@ class Encoder:
         return [self.style.format(t, kind) for t in texts]
 
     def encode(self, texts: str | Sequence[str], kind: str = "query", *, batch_size: int = 32,
-               max_length: int | None = None) -> np.ndarray:
-        """Embeddings of ``texts`` (one text: shape (dim,); a list: (n, dim)), L2-normalized float32."""
+               max_length: int | None = None, output: str = "float32", dims: int | None = None) -> np.ndarray:
+        """Embeddings of ``texts`` (one text: shape (dim,); a list: (n, dim)), L2-normalized float32.
+
+        ``output`` / ``dims`` pick a compressed output the artifact's graph carries
+        (``int8``, ``int8-tanh``, ``binary``: NumPy int8; ``ubinary``: uint8, dims/8 bytes;
+        ``float32`` with ``dims``: truncated and re-normalized); see ``self.outputs``."""
         from ..parity.harness import embed_texts
 
         single = isinstance(texts, str)
@@ -62,12 +66,36 @@ class Encoder:
         if isinstance(length, bool) or not isinstance(length, int) or not 2 <= length <= self.max_length:
             raise UsageError(f"max_length must be between 2 and the model's {self.max_length}, got {max_length!r}",
                              "leave it unset to use the model's own maximum")
+        if output != "float32" or dims is not None:
+            return self._encode_output(items, kind, single, output, dims, length, batch_size)
         if not items:
             return np.zeros((0, self.dim), dtype=np.float32)
         emb = embed_texts(self._runner.embed, self.tokenizer, self.format(items, kind),
                           input_names=self.input_names, max_length=length, batch_size=batch_size)
         emb = emb / np.linalg.norm(emb, axis=1, keepdims=True).clip(min=1e-12)
         return emb[0] if single else emb
+
+
+    @property
+    def outputs(self) -> list[dict]:
+        """The compressed outputs this artifact's graph carries (name, format, scheme, dims, dtype)."""
+        return list((self.meta.get("compressed_outputs") or {}).get("outputs", []))
+
+    def _encode_output(self, items, kind, single, output, dims, length, batch_size):
+        from ..outputs.build import run_texts
+        from ..outputs.runtime import pick_output
+
+        head = pick_output(self.outputs, output, dims, width=self.dim, where=str(self.path))
+        if not items:
+            width = head["shape"][-1] if head else dims
+            return np.zeros((0, width), dtype=np.dtype(head["dtype"] if head else "float32"))
+        name = head["name"] if head else "sentence_embedding"
+        got = run_texts(self._runner.run, self.tokenizer, self.format(items, kind), input_names=self.input_names,
+                        max_length=length, names=[name], batch_size=batch_size)[name]
+        if head is None:  # float32 at dims the graph does not carry: truncate + re-normalize here (exact)
+            got = got[:, :dims].astype(np.float32)
+            got = got / np.linalg.norm(got, axis=1, keepdims=True).clip(min=1e-12)
+        return got[0] if single else got
 
 
 def _backend_for(meta: dict):

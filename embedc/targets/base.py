@@ -136,6 +136,17 @@ class Backend(ABC):
         return sorted(p.relative_to(folder).as_posix() for p in folder.iterdir()
                       if p.is_file() and p.name.startswith(stem))
 
+    def attach_output_heads(self, artifact_dir: Path, result: CompileResult, heads: Sequence, ranges: dict | None
+                            ) -> dict:
+        """Add compressed-output heads (``embedc.outputs.Head``: int8 / binary /
+        ubinary / Matryoshka dims) to the compiled artifact's graph as extra
+        outputs, computed from its float output; return what was done (for the
+        artifact's record). Backends with ``capabilities.output_heads`` implement it."""
+        from ..errors import CompileError
+
+        raise CompileError(f"the {self.name} backend cannot add compressed outputs to its artifacts",
+                           "build this target without [outputs] / --output")
+
     def st_model_kwargs(self, artifact_dir: Path, meta: dict) -> tuple[dict | None, str | None]:
         """``(model_kwargs, None)`` for ``SentenceTransformer(folder, backend=capabilities.st_backend,
         model_kwargs=...)``, or ``(None, reason)`` when this artifact cannot be loaded that way."""

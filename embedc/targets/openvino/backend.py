@@ -348,7 +348,7 @@ class OpenVINOBackend(Backend):
     name = "openvino"
     targets = TARGETS
     libraries = ("openvino", "nncf")
-    capabilities = Capabilities(st_backend="openvino", engine=False, report_marker="s")
+    capabilities = Capabilities(st_backend="openvino", engine=False, output_heads=True, report_marker="s")
 
     def resolve_options(self, target: Target, precision: str, options: Mapping) -> dict:
         check_precision(target, precision)
@@ -510,6 +510,17 @@ class OpenVINOBackend(Backend):
                         for e in runtime["buckets"]}
             return _BucketRunner(compiled, int(runtime.get("pad_token_id", 0)))
         return _Runner(compile_ir(meta["model_file"]))
+
+    def attach_output_heads(self, artifact_dir: Path, result: CompileResult, heads, ranges) -> dict:
+        """Heads built on the IR with OpenVINO's graph API (embedc.outputs.openvino_heads)."""
+        from ...outputs.openvino_heads import attach
+
+        runtime = result.runtime or {}
+        if runtime.get("static_shapes"):
+            raise CompileError("compressed outputs on static-shape bucket IRs (NPU) are not supported yet",
+                               "build the NPU target without [outputs] / --output")
+        folder = Path(artifact_dir)
+        return attach(folder / result.model_file, folder / runtime.get("weights", WEIGHTS), list(heads), ranges)
 
     def model_files(self, artifact_dir: Path, meta: dict) -> list[str]:
         """Every IR (one per NPU bucket) and the shared weights file."""

@@ -157,7 +157,7 @@ class OrtBackend(Backend):
     name = "ort"
     targets = TARGETS
     libraries = ("onnx", "onnxruntime", "onnx-ir")
-    capabilities = Capabilities(st_backend="onnx", engine=False, report_marker="o")
+    capabilities = Capabilities(st_backend="onnx", engine=False, output_heads=True, report_marker="o")
 
     def resolve_options(self, target: Target, precision: str, options: Mapping) -> dict:
         check_precision(target, precision)
@@ -217,6 +217,11 @@ class OrtBackend(Backend):
         if OUTPUT not in [o.name for o in sess.get_outputs()]:
             raise ArtifactError(f"{path} has no {OUTPUT!r} output", "rebuild the artifact from an embedc export")
         return OrtRunner(sess)
+
+    def attach_output_heads(self, artifact_dir: Path, result: CompileResult, heads, ranges) -> dict:
+        from ...outputs.onnx_heads import attach
+
+        return attach(Path(artifact_dir) / result.model_file, list(heads), ranges)
 
     def st_model_kwargs(self, artifact_dir: Path, meta: dict) -> tuple[dict | None, str | None]:
         """optimum's ``ORTModelForFeatureExtraction`` reads the token states by the name

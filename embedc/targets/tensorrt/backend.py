@@ -119,7 +119,7 @@ class TensorRTBackend(Backend):
     name = "tensorrt"
     targets = TARGETS
     libraries = ("onnx", "onnxruntime", "tensorrt")
-    capabilities = Capabilities(st_backend=None, engine=True, report_marker="^")
+    capabilities = Capabilities(st_backend=None, engine=True, output_heads=True, report_marker="^")
 
     def resolve_options(self, target: Target, precision: str, options: Mapping) -> dict:
         check_precision(target, precision)
@@ -199,6 +199,16 @@ class TensorRTBackend(Backend):
         except Exception as exc:  # ORT's own Fail/InvalidGraph types
             raise ArtifactError(f"onnxruntime cannot load {path}: {_first_line(exc)}",
                                 "rebuild the artifact; check the onnxruntime version it was built with") from exc
+
+    def attach_output_heads(self, artifact_dir: Path, result: CompileResult, heads, ranges) -> dict:
+        """The same ONNX heads as ORT (float math, then Cast to INT8/UINT8 outputs); the
+        TensorRT engine build with these outputs is not verified here."""
+        from ...outputs.onnx_heads import attach
+
+        record = attach(Path(artifact_dir) / result.model_file, list(heads), ranges)
+        record["unverified"] = ("TensorRT engine with the compressed outputs (Round, Cast to INT8/UINT8 network "
+                                "outputs) not built here: no GPU; the ONNX heads ran through ONNX Runtime")
+        return record
 
     def model_files(self, artifact_dir: Path, meta: dict) -> list[str]:
         """The ONNX and its external data; an engine built later (``model.plan``) is not the artifact's model."""
