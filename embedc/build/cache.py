@@ -33,11 +33,14 @@ class StageCache:
     def path(self, stage: str, key: str) -> Path:
         return self.root / stage / key
 
-    def lookup(self, stage: str, key: str) -> Path | None:
-        """The entry folder if present and intact; a corrupt entry is removed."""
+    def lookup(self, stage: str, key: str, _again: bool = True) -> Path | None:
+        """The entry folder if present and intact; a corrupt entry is removed
+        (unless another writer replaced it meanwhile: then that one is checked)."""
         folder = self.path(stage, key)
         meta = folder / ENTRY_JSON
-        if not meta.is_file():
+        try:
+            inode = meta.stat().st_ino
+        except OSError:
             return None
         try:
             files = read_json(meta)["files"]
@@ -46,6 +49,12 @@ class StageCache:
                 if not p.is_file() or p.stat().st_size != f["bytes"] or sha256_file(p) != f["sha256"]:
                     raise ValueError(f["path"])
         except (OSError, ValueError, KeyError) as exc:
+            try:
+                replaced = meta.stat().st_ino != inode
+            except OSError:
+                replaced = True
+            if replaced and _again:  # a concurrent writer swapped a new entry in while we read
+                return self.lookup(stage, key, _again=False)
             log.warning("cache entry %s/%s is corrupt (%s); rebuilding", stage, key, exc)
             shutil.rmtree(folder, ignore_errors=True)
             return None
@@ -54,10 +63,16 @@ class StageCache:
     def store(self, stage: str, key: str, info: dict, fill) -> Path:
         """Create an entry atomically: ``fill(tmp_folder)`` writes the files."""
         folder = self.path(stage, key)
-        with staged_dir(folder, force=True) as tmp:
-            fill(tmp)
-            write_json_atomic(tmp / ENTRY_JSON, {"stage": stage, "key": key, **info,
-                                                 "files": file_inventory(tmp, exclude=(ENTRY_JSON,))})
+        try:
+            with staged_dir(folder, force=True) as tmp:
+                fill(tmp)
+                write_json_atomic(tmp / ENTRY_JSON, {"stage": stage, "key": key, **info,
+                                                     "files": file_inventory(tmp, exclude=(ENTRY_JSON,))})
+        except OSError:
+            # two writers of one key (nodes sharing the cache): the other's rename won; its entry is as good
+            if self.lookup(stage, key) is None:
+                raise
+            log.info("cache entry %s/%s was stored by another writer meanwhile", stage, key[:12])
         return folder
 
 

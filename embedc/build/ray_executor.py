@@ -210,10 +210,6 @@ class RayExecutor:
             return ArtifactOutcome(job.target.name, job.precision, "error", error=reason, node=info["node"],
                                    seconds=round(time.monotonic() - info["submitted"], 2))
         node = outcome.node or {}
-        totals = (nodes.get(node.get("node_id")) or {}).get("totals")
-        if totals is not None:
-            node["resources"] = {k: v for k, v in totals.items() if not k.startswith("node:")}
-        outcome.node = node
         if info["started"] is None:  # its start report is still on the way
             info["attempts"] += 1
             self._event("started", job.name, node, f"attempt {info['attempts']}")
@@ -305,7 +301,15 @@ def this_node() -> dict:
         ip = ray.util.get_node_ip_address()
     except Exception:  # noqa: BLE001
         ip = None
-    return {"hostname": socket.gethostname(), "ip": ip, "node_id": ctx.get_node_id()}
+    node_id = ctx.get_node_id()
+    resources = {}
+    try:
+        for n in ray.nodes():
+            if n.get("NodeID") == node_id:
+                resources = {k: v for k, v in (n.get("Resources") or {}).items() if not k.startswith("node:")}
+    except Exception:  # noqa: BLE001 - the record is informative; the build goes on
+        pass
+    return {"hostname": socket.gethostname(), "ip": ip, "node_id": node_id, "resources": resources}
 
 
 def localize(job: ArtifactJob, node: dict) -> ArtifactJob:
