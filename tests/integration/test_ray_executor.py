@@ -54,11 +54,11 @@ def cluster():
         # notice a killed node within about a second, not 30
         "_system_config": {"health_check_period_ms": 200, "health_check_failure_threshold": 3,
                            "health_check_initial_delay_ms": 0}})
-    worker = c.add_node(**SMALL_NODE, resources=VNNI_NODE)
-    c.wait_for_nodes()
-    ray.init(address=c.address, log_to_driver=False, include_dashboard=False)
-    print(f"\ncluster up in {time.perf_counter() - t0:.1f} s")
     try:
+        worker = c.add_node(**SMALL_NODE, resources=VNNI_NODE)
+        c.wait_for_nodes()
+        ray.init(address=c.address, log_to_driver=False, include_dashboard=False)
+        print(f"\ncluster up in {time.perf_counter() - t0:.1f} s")
         yield c, worker
     finally:
         ray.shutdown()
@@ -147,11 +147,15 @@ def test_unschedulable_pair_is_one_line_and_the_rest_builds(cluster, local_build
     _, local_cache = local_build
     monkeypatch.setenv("EMBEDC_CACHE", str(local_cache.parent))   # stages/ under it: everything cached
     out = tmp_path / "b"
+    spec = tmp_path / "spec.toml"
+    spec.write_text('[model]\nname = "random-tiny-xlmr"\n[calibration]\ncalib_per_lang = 1\neval_per_lang = 2\n'
+                    'max_length = 32\neval_max_length = 32\nlong_per_lang = 0\n'
+                    '[[matrix]]\ntarget = "ort-cpu"\nprecisions = ["fp32"]\n'
+                    '[[matrix]]\ntarget = "ort-cpu-arm64"\nprecisions = ["fp32"]\n'
+                    '[executor]\nkind = "ray"\nschedule_timeout_s = 5\n')
     t0 = time.perf_counter()
-    r = CliRunner().invoke(cli, ["-q", "build", "-m", "random-tiny-xlmr", "-o", out, "-t", "ort-cpu",
-                                 "-t", "ort-cpu-arm64", "-p", "fp32", "--calib-per-lang", "1", "--eval-per-lang", "2",
-                                 "--max-length", "32", "--eval-max-length", "32", "--ray-address", c.address,
-                                 "--json"], catch_exceptions=False)
+    r = CliRunner().invoke(cli, ["-q", "build", "--spec", spec, "-o", out, "--ray-address", c.address, "--json"],
+                           catch_exceptions=False)
     print(f"\nunschedulable build {time.perf_counter() - t0:.1f} s")
     errors = [ln for ln in r.output.splitlines() if ln.startswith("error:")]
     assert r.exit_code == 1 and len(errors) == 1, r.output
