@@ -210,6 +210,8 @@ class RayExecutor:
             return ArtifactOutcome(job.target.name, job.precision, "error", error=reason, node=info["node"],
                                    seconds=round(time.monotonic() - info["submitted"], 2))
         node = outcome.node or {}
+        if outcome.status == "error":  # logged on the node, where the driver does not see it
+            log.error("%s: %s", job.name, outcome.error)
         if info["started"] is None:  # its start report is still on the way
             info["attempts"] += 1
             self._event("started", job.name, node, f"attempt {info['attempts']}")

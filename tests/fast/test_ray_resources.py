@@ -152,3 +152,13 @@ def test_stage_cache_same_key_from_concurrent_writers(tmp_path):
     assert cache.lookup("artifact", "k" * 32) is not None
     leftovers = [p.name for p in (tmp_path / "stages" / "artifact").iterdir() if p.name != "k" * 32]
     assert leftovers == []
+
+
+def test_dry_run_shows_each_pairs_resources_with_the_ray_executor(toy_model, tmp_path):
+    r = CliRunner().invoke(cli, ["-q", "build", "-m", toy_model, "-o", tmp_path / "b", "-t", "fake-cpu", "-t",
+                                 "fake-gpu", "-p", "fp32", "--executor", "ray", "--dry-run"])
+    assert r.exit_code == 0, r.output
+    plan = json.loads(r.output)
+    assert plan["spec"]["executor"]["kind"] == "ray"
+    res = {e["stage"]: e.get("resources") for e in plan["plan"] if e["stage"].startswith("compile")}
+    assert res == {"compile fake-cpu/fp32": "CPU 1", "compile fake-gpu/fp32": "CPU 1, intel_gpu 1"}
