@@ -72,6 +72,7 @@ class RayExecutor:
         self.on_event = on_event         # on_event(event, pair_name, node_or_None) for tests and tools
         self.ray = require_ray()
         self.events: list[tuple[str, str, dict | None]] = []
+        self._progress_lost = False
 
     # ---- cluster ---------------------------------------------------------------------------------
     def _connect(self) -> bool:
@@ -142,6 +143,22 @@ class RayExecutor:
                        "waiting_since": None, "attempts": 0}
             self._event("scheduled", job.name, None, f"needs {req.describe()}")
 
+        try:
+            self._wait_all(jobs, pending, info, outcomes, progress, nodes, on_done)
+        finally:
+            for ref in pending:  # interrupted (Ctrl-C, driver error): leave nothing running on the cluster
+                try:
+                    ray.cancel(ref, force=True, recursive=True)
+                except Exception:  # noqa: BLE001 - already finished or gone
+                    pass
+            try:
+                ray.kill(progress)
+            except Exception:  # noqa: BLE001 - the actor may already be gone with its node
+                pass
+        return [outcomes[i] for i in range(len(jobs))]
+
+    def _wait_all(self, jobs, pending, info, outcomes, progress, nodes, on_done) -> None:
+        ray = self.ray
         last_check = time.monotonic()
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_S)
@@ -169,11 +186,6 @@ class RayExecutor:
                         self._event("finished", jobs[i].name, info[i]["node"], "error")
                         if on_done is not None:
                             on_done(outcomes[i])
-        try:
-            ray.kill(progress)
-        except Exception:  # noqa: BLE001 - the actor may already be gone with its node
-            pass
-        return [outcomes[i] for i in range(len(jobs))]
 
     def _overdue(self, info: dict, nodes: dict, now: float) -> str | None:
         """Why a pending pair must stop now (None: let it run)."""
@@ -223,7 +235,15 @@ class RayExecutor:
     def _drain(self, progress, jobs, info) -> None:
         """Log the "started" events the tasks reported."""
         names = {j.name: i for i, j in enumerate(jobs)}
-        for name, node in self.ray.get(progress.take.remote()):
+        if self._progress_lost:
+            return
+        try:
+            started = self.ray.get(progress.take.remote(), timeout=30)
+        except Exception as exc:  # noqa: BLE001 - progress is informative: the build goes on without it
+            log.warning("progress reports lost (%s); pairs still finish and say where", type(exc).__name__)
+            self._progress_lost = True
+            return
+        for name, node in started:
             i = names.get(name)
             if i is None or i not in info or info[i].get("done"):
                 continue
