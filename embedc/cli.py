@@ -229,9 +229,12 @@ def _coerce(raw: str):
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
 @click.option("--junit", type=click.Path(dir_okay=False), default=None,
               help="Write a JUnit XML file: one case per (artifact, gate).")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default=None,
+              help="Where artifacts are built: this process, or one Ray task per pair [default: spec, else local].")
+@click.option("--ray-address", default=None, help="Ray cluster address (implies --executor ray) [default: RAY_ADDRESS].")
 def build(spec_file, model, trust_remote_code, allow_pickle, target, precision, calib, calib_per_lang, eval_per_lang,
           seed, min_languages, max_length, eval_max_length, option, gate, out, force, dry_run, bench, threads, as_json,
-          junit, output_formats=None, output_dims=None) -> None:
+          junit, executor, ray_address, output_formats=None, output_dims=None) -> None:
     """Export, calibrate, compile every (target, precision), check parity, report."""
     import dataclasses
 
@@ -251,6 +254,12 @@ def build(spec_file, model, trust_remote_code, allow_pickle, target, precision, 
         spec = dataclasses.replace(spec, outputs=check_outputs(dataclasses.replace(
             o, formats=o.formats if output_formats is None else parse_formats(output_formats),
             dims=o.dims if output_dims is None else parse_dims(output_dims))))
+    if executor or ray_address:
+        from .spec import validate
+
+        kind = executor or "ray"
+        spec = validate(dataclasses.replace(spec, executor=dataclasses.replace(
+            spec.executor, kind=kind, address=ray_address or (spec.executor.address if kind == "ray" else None))))
     if dry_run:
         from .build.plan import plan_build
 
@@ -387,6 +396,7 @@ def _register_backend_commands() -> None:
 
 
 _register_backend_commands()
+cli.add_command(__import__("embedc.build.ray_cli", fromlist=["node_resources"]).node_resources)
 
 
 def main() -> None:

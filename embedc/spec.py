@@ -14,6 +14,8 @@ Spec file layout (every key optional except what a build needs)::
     [bench]        enabled, threads, batch_size, repeats
     [outputs]      formats = ["int8", "ubinary"], dims = [256], int8_scheme, rescore_multiplier, gates
                    (compressed output embeddings in the graph: embedc/outputs/)
+    [executor]     kind ("local" | "ray"), address, cache (a shared stage-cache path), pair_timeout_s,
+                   schedule_timeout_s, max_retries, cpus_per_pair, hardware ("required" | "any")
 
 Artifacts always serve at the model's own maximum length; the two length
 settings only bound the texts that calibrate and judge them.
@@ -79,6 +81,24 @@ class BenchSpec:
 
 
 @dataclass(frozen=True)
+class ExecutorSpec:
+    """Where artifact jobs run (build/executor.py): in this process, or one Ray task per pair."""
+
+    kind: str = "local"                 # "local" | "ray"
+    address: str | None = None          # Ray cluster address; None: RAY_ADDRESS, else a local Ray
+    cache: str | None = None            # stage cache root every node reads (a shared filesystem path)
+    pair_timeout_s: float | None = None  # a pair running longer is cancelled and fails
+    schedule_timeout_s: float = 60.0    # a pair no live node can run fails after waiting this long
+    max_retries: int = 2                # Ray retries of a pair whose worker or node died
+    cpus_per_pair: float = 1.0
+    hardware: str = "required"          # "any": run pairs on any node (as a local build would)
+
+
+EXECUTOR_KINDS = ("local", "ray")
+HARDWARE_POLICIES = ("required", "any")
+
+
+@dataclass(frozen=True)
 class BuildSpec:
     model: ModelSpec = ModelSpec()
     export: ExportSpec = ExportSpec()
@@ -90,6 +110,7 @@ class BuildSpec:
     bench: BenchSpec = BenchSpec()
     out: str | None = None
     outputs: OutputsSpec = OutputsSpec()    # compressed output embeddings (embedc/outputs/)
+    executor: ExecutorSpec = ExecutorSpec()
 
     def pairs(self) -> list[tuple[str, str]]:
         return [(m.target, p) for m in self.matrix for p in m.precisions]
@@ -115,7 +136,8 @@ class BuildSpec:
         return dataclasses.asdict(self)
 
 
-_SECTIONS = {"model": ModelSpec, "export": ExportSpec, "calibration": CalibrationSpec, "bench": BenchSpec}
+_SECTIONS = {"model": ModelSpec, "export": ExportSpec, "calibration": CalibrationSpec, "bench": BenchSpec,
+             "executor": ExecutorSpec}
 
 
 def _build(cls, data: Any, where: str):
@@ -151,7 +173,7 @@ def _check_type(value: Any, expected: str, where: str):
 
 
 def spec_from_dict(data: dict) -> BuildSpec:
-    known = {"model", "export", "calibration", "matrix", "gates", "bench", "out", "outputs"}
+    known = {"model", "export", "calibration", "matrix", "gates", "bench", "out", "outputs", "executor"}
     for key in data:
         if key not in known:
             raise SpecError(f"unknown spec key '{key}'", f"valid top-level keys: {', '.join(sorted(known))}")
@@ -262,7 +284,23 @@ def validate(spec: BuildSpec) -> BuildSpec:
     if b.batch_size < 1 or b.repeats < 1 or (b.threads is not None and b.threads < 1):
         raise SpecError("bench.batch_size, bench.repeats and bench.threads must be at least 1",
                         "e.g. batch_size = 32, repeats = 5")
+    _check_executor(spec.executor)
     return spec
+
+
+def _check_executor(e: ExecutorSpec) -> None:
+    if e.kind not in EXECUTOR_KINDS:
+        raise SpecError(f"spec key 'executor.kind' is {e.kind!r}", f"choose one of: {', '.join(EXECUTOR_KINDS)}")
+    if e.hardware not in HARDWARE_POLICIES:
+        raise SpecError(f"spec key 'executor.hardware' is {e.hardware!r}",
+                        f"choose one of: {', '.join(HARDWARE_POLICIES)}")
+    for name in ("pair_timeout_s", "schedule_timeout_s", "cpus_per_pair"):
+        value = getattr(e, name)
+        if value is not None and not value > 0:
+            raise SpecError(f"spec key 'executor.{name}' must be > 0, got {value}", "use a positive number")
+    if e.kind == "local" and e.address:
+        raise SpecError("spec key 'executor.address' is set but executor.kind is 'local'",
+                        'set kind = "ray" or remove the address')
 
 
 def _check_gate_keys(table: dict, where: str) -> None:

@@ -54,6 +54,7 @@ class ArtifactJob:
     gates: tuple = ()               # resolved parity.Gate list
     facts: dict = field(default_factory=dict)   # backend cache facts
     outputs: dict | None = None     # compressed output heads (embedc/outputs/build.py prepare_job)
+    node: dict = field(default_factory=dict)    # the cluster node running it (remote executors; not in the key)
 
     @property
     def name(self) -> str:
@@ -72,6 +73,7 @@ class ArtifactOutcome:
     cached: bool = False
     error: str | None = None
     seconds: float = 0.0
+    node: dict | None = None        # where the job ran (remote executors: host, ip, node id, resources)
 
     @property
     def name(self) -> str:
@@ -169,6 +171,8 @@ def _compile_and_judge(job: ArtifactJob, out: Path) -> None:
     meta["model_files"] = backend.model_files(out, meta)
     meta["model_bytes"] = sum((out / f).stat().st_size for f in meta["model_files"])
     meta["files"] = file_inventory(out)
+    if job.node:
+        meta["built_on"] = dict(job.node)   # compiled and judged there (a remote executor's node)
     write_meta(out, meta)
 
 

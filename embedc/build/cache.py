@@ -43,8 +43,9 @@ class StageCache:
     def path(self, stage: str, key: str) -> Path:
         return self.root / stage / key
 
-    def lookup(self, stage: str, key: str) -> Path | None:
-        """The entry folder if present and intact; a corrupt entry is removed.
+    def lookup(self, stage: str, key: str, _again: bool = True) -> Path | None:
+        """The entry folder if present and intact; a corrupt entry is removed
+        (unless another writer replaced it meanwhile: then that one is checked).
 
         Intact means: ``entry.json`` is an object whose ``files`` is a
         non-empty list of {path, bytes, sha256}, every listed file matches,
@@ -52,11 +53,19 @@ class StageCache:
         in it, or a half-written temp model, makes the entry corrupt)."""
         folder = self.path(stage, key)
         meta = folder / ENTRY_JSON
-        if not meta.is_file():
+        try:
+            inode = meta.stat().st_ino
+        except OSError:
             return None
         try:
             _verify_entry(folder, read_json(meta))
         except (OSError, ValueError, KeyError, TypeError) as exc:
+            try:
+                replaced = meta.stat().st_ino != inode
+            except OSError:
+                replaced = True
+            if replaced and _again:  # a concurrent writer swapped a new entry in while we read
+                return self.lookup(stage, key, _again=False)
             log.warning("cache entry %s/%s is corrupt (%s); rebuilding", stage, key, exc)
             self._discard(folder)
             return None

@@ -17,6 +17,16 @@ class Executor(Protocol):
         """Run every job; return their outcomes in job order."""
 
 
+def make_executor(settings=None, *, address: str | None = None):
+    """The executor a spec's ``[executor]`` table names (``kind = "local"`` needs no extra import)."""
+    kind = getattr(settings, "kind", "local")
+    if kind == "local":
+        return LocalExecutor()
+    from .ray_executor import RayExecutor
+
+    return RayExecutor(settings, address=address)
+
+
 class LocalExecutor:
     name = "local"
 

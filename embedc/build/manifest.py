@@ -20,6 +20,10 @@ def build_manifest(spec, source, ref_meta: dict, split_summary: dict, outcomes, 
                  "status": o.status, "path": o.path, "cached": o.cached}
         if o.error:
             entry["error"] = o.error
+        if o.node:
+            entry["node"] = o.node                      # where this build ran the pair (remote executors)
+        if (o.meta or {}).get("built_on"):
+            entry["built_on"] = o.meta["built_on"]      # where the artifact was compiled and judged
         if o.meta:
             p = o.meta.get("parity", {})
             entry.update({

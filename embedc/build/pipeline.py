@@ -22,7 +22,7 @@ from ..spec import BuildSpec
 from . import faults, output_guard, stages, temps
 from .artifact_job import ARTIFACT_CODE, ArtifactJob, ArtifactOutcome, run_artifact_job  # noqa: F401
 from .cache import StageCache, copy_tree
-from .executor import LocalExecutor
+from .executor import LocalExecutor, make_executor  # noqa: F401
 from .keys import artifact_key
 
 log = logging.getLogger("embedc")
@@ -53,6 +53,8 @@ def build(spec: BuildSpec, *, force: bool = False, cache_dir: Path | None = None
 
     t_start = time.perf_counter()
     spec = validate(spec)  # options, gates and sizes are checked before any work, whoever made the spec
+    executor = executor or make_executor(spec.executor)  # a missing Ray says so before any work
+    cache_dir = cache_dir or spec.executor.cache  # [executor] cache: a path every node sees
     cache = StageCache(Path(cache_dir) if cache_dir else cache_root() / "stages")
     cache.sweep()
     p = stages.prepare(spec, force=force)
@@ -71,7 +73,7 @@ def build(spec: BuildSpec, *, force: bool = False, cache_dir: Path | None = None
                          work_root)
         if outputs_plan is not None:
             jobs = _with_outputs(jobs, outputs_plan, p, data, export_dir, ref_meta, reference_dir, work_root)
-        outcomes = (executor or LocalExecutor()).run(jobs, on_done=_log_outcome)
+        outcomes = executor.run(jobs, on_done=_log_outcome)
     finally:
         shutil.rmtree(work_root, ignore_errors=True)
     return assemble(p, data, export_dir, ref_meta, jobs, outcomes, t_start, force=force, remote_parity=remote)

@@ -30,5 +30,10 @@ def plan_build(spec: BuildSpec, *, cache_dir=None) -> dict:
         plan.append({"stage": f"compile {target_name}/{precision}", "backend": t.backend, "device": t.device,
                      "options": options, "facts": facts,
                      "gates": gates_to_dict(resolve_gates(precision, spec.gate_layers(p.model_names)))})
+        if spec.executor.kind != "local":   # what a cluster node must offer (build/resources.py)
+            from .resources import request_for
+
+            plan[-1]["resources"] = request_for(t, precision, cpus=spec.executor.cpus_per_pair,
+                                                hardware=spec.executor.hardware).describe()
     return {"spec": spec.to_dict(), "model": p.source.to_dict(), "adapter": p.adapter.to_dict(),
             "out": str(p.out), "plan": plan}

@@ -1,0 +1,220 @@
+"""How the embedc.toml matrix scales across Ray nodes: measured per-pair costs,
+measured scheduling overhead, projected wall time for many models on N nodes.
+
+    # 1. per-pair costs: a local build, each pair timed (compile + parity), stages timed
+    python benchmarks/ray_scaling.py pairs --spec embedc.toml [--only ort-cpu/int8-static ...] -o pairs.json
+    # 2. scheduling overhead on a local Ray cluster (head + one worker node, 1 CPU each)
+    python benchmarks/ray_scaling.py overhead -o overhead.json
+    # 3. projection: 10 models on 1, 4, 16 nodes
+    python benchmarks/ray_scaling.py project pairs.json overhead.json --models 10 --nodes 1 4 16
+
+The projection is a list schedule (longest pair first) of every model's pairs
+onto ``nodes x slots`` workers, each pair costing its measured seconds plus the
+measured per-task overhead, plus each fresh worker's one-time import cost; a
+model's pairs become ready when the driver has exported it and computed its
+reference (serially, one model after another, on the driver). It assumes
+nodes like the measuring machine and pairs free to run on any node
+(``[executor] hardware = "any"``): with hardware constraints, each hardware
+class is its own smaller pool.
+"""
+from __future__ import annotations
+
+import argparse
+import heapq
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ---- 1. per-pair costs --------------------------------------------------------------------------
+def measure_pairs(spec_path: str, only: list[str], out: str | None, cache_dir: str | None) -> dict:
+    import dataclasses
+    import tempfile
+
+    from embedc.build import pipeline, stages
+    from embedc.build.executor import LocalExecutor
+    from embedc.spec import MatrixEntry, load_spec_file
+
+    spec = load_spec_file(Path(spec_path))
+    if only:
+        wanted = [tuple(o.split("/", 1)) for o in only]
+        spec = dataclasses.replace(spec, matrix=tuple(MatrixEntry(t, (p,), {p: spec.options_for(t, p)} if
+                                                                  spec.options_for(t, p) else {})
+                                                       for t, p in wanted))
+    spec = dataclasses.replace(spec, out=str(Path(tempfile.mkdtemp(prefix="ray-scaling-")) / "build"))
+    timings: dict = {}
+    for name in ("export", "reference"):                 # time the driver's shared stages
+        fn = getattr(stages, name)
+
+        def timed(*a, _fn=fn, _name=name, **k):
+            t0 = time.perf_counter()
+            try:
+                return _fn(*a, **k)
+            finally:
+                timings[_name] = round(time.perf_counter() - t0, 2)
+        setattr(stages, name, timed)
+    t0 = time.perf_counter()
+    result = pipeline.build(spec, force=True, cache_dir=Path(cache_dir) if cache_dir else None,
+                            executor=LocalExecutor())
+    total = time.perf_counter() - t0
+    pairs = [{"name": a.name, "status": a.status, "cached": a.cached, "seconds": round(a.seconds, 2),
+              "compile_seconds": (a.meta or {}).get("compile_seconds")} for a in result.artifacts]
+    data = {"spec": spec_path, "model": spec.model.name, "stages": timings, "pairs": pairs,
+            "build_seconds": round(total, 1), "cpus": os.cpu_count(),
+            "note": "local build, LocalExecutor; seconds = compile + parity per pair (cache misses only count)"}
+    _write(data, out)
+    return data
+
+
+# ---- 2. scheduling overhead ---------------------------------------------------------------------
+def measure_overhead(out: str | None, n: int) -> dict:
+    import numpy as np
+    import ray
+    from ray.cluster_utils import Cluster
+
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    t0 = time.perf_counter()
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": 100 * 2**20,
+                                                      "include_dashboard": False})
+    c.add_node(num_cpus=1, object_store_memory=100 * 2**20, resources={"cpu_vnni": 1.0})
+    c.wait_for_nodes()
+    ray.init(address=c.address, log_to_driver=False)
+    up = time.perf_counter() - t0
+    try:
+        from embedc.build.ray_executor import _progress_actor, this_node
+
+        @ray.remote(num_cpus=1)
+        def noop():
+            return 0
+
+        @ray.remote(num_cpus=1)
+        def pair_like(job, shared, progress):
+            """What the Ray executor adds around a pair: node lookup, start report, argument transfer."""
+            progress.started.remote(job["name"], this_node())
+            return {"name": job["name"], "node": this_node(), "n": len(shared["calibration"])}
+
+        @ray.remote(num_cpus=1, resources={"cpu_vnni": 0.001})
+        def first_import():
+            t = time.perf_counter()
+            import embedc.build.artifact_job  # noqa: F401
+            import onnxruntime  # noqa: F401
+            import transformers  # noqa: F401
+
+            from embedc.targets.registry import all_targets
+            all_targets()
+            return time.perf_counter() - t
+
+        ray.get(noop.remote())
+        rt = []
+        for _ in range(n):
+            t = time.perf_counter()
+            ray.get(noop.remote())
+            rt.append(time.perf_counter() - t)
+        # a job-sized payload: e5-small calibration batches (304 texts, <=256 tokens, 2 int64 inputs)
+        rng = np.random.default_rng(0)
+        calib = tuple({"input_ids": rng.integers(0, 250000, (1, int(k)), dtype=np.int64),
+                       "attention_mask": np.ones((1, int(k)), np.int64)} for k in rng.integers(8, 256, 304))
+        shared = ray.put({"calibration": calib, "eval_texts": tuple("x" * 200 for _ in range(608))})
+        progress = _progress_actor(ray, ray.get_runtime_context().get_node_id())
+        pr = []
+        for i in range(n):
+            t = time.perf_counter()
+            ray.get(pair_like.remote({"name": f"p{i}"}, shared, progress))
+            pr.append(time.perf_counter() - t)
+        imp = ray.get(first_import.remote())
+        data = {"cluster_start_seconds": round(up, 1), "tasks": n,
+                "noop_round_trip_ms": {"median": round(statistics.median(rt) * 1e3, 2),
+                                       "p95": round(sorted(rt)[int(0.95 * (n - 1))] * 1e3, 2)},
+                "pair_overhead_ms": {"median": round(statistics.median(pr) * 1e3, 2),
+                                     "p95": round(sorted(pr)[int(0.95 * (n - 1))] * 1e3, 2)},
+                "worker_first_import_seconds": round(imp, 2),
+                "note": "local cluster on this machine: head + 1 worker node, 1 CPU each; round trips include "
+                        "the driver's ray.get; pair overhead includes the shared job fields from the object store "
+                        "and the start report"}
+    finally:
+        ray.shutdown()
+        c.shutdown()
+    _write(data, out)
+    return data
+
+
+# ---- 3. projection --------------------------------------------------------------------------------
+def project(pair_seconds: list[float], stage_seconds: float, models: int, nodes: int, slots: int = 1,
+            overhead_s: float = 0.0, first_import_s: float = 0.0) -> float:
+    """Wall seconds of ``models`` x the pairs on ``nodes*slots`` workers (list scheduling, longest first);
+    model m's pairs are ready once the driver has run m+1 models' export + reference."""
+    workers = [(0.0, False)] * (nodes * slots)   # (free at, warmed up)
+    heapq.heapify(workers)
+    end = 0.0
+    for m in range(models):
+        ready = (m + 1) * stage_seconds
+        for s in sorted(pair_seconds, reverse=True):
+            free, warm = heapq.heappop(workers)
+            start = max(free, ready)
+            finish = start + s + overhead_s + (0.0 if warm else first_import_s)
+            end = max(end, finish)
+            heapq.heappush(workers, (finish, True))
+    return end
+
+
+def project_table(pairs: dict, overhead: dict, models: int, nodes: list[int], slots: int) -> dict:
+    secs = [p["seconds"] for p in pairs["pairs"] if p["status"] != "error" and not p["cached"]]
+    stage = sum(pairs["stages"].values())
+    oh = overhead["pair_overhead_ms"]["median"] / 1e3
+    imp = overhead["worker_first_import_seconds"]
+    rows = []
+    for n in nodes:
+        wall = project(secs, stage, models, n, slots, oh, imp)
+        ideal = (models * sum(secs)) / (n * slots)
+        rows.append({"nodes": n, "wall_seconds": round(wall, 1), "wall_minutes": round(wall / 60, 1),
+                     "pairs_only_lower_bound_minutes": round(ideal / 60, 1),
+                     "driver_stages_minutes": round(models * stage / 60, 1)})
+    return {"models": models, "pairs_per_model": len(secs), "pair_seconds_total": round(sum(secs), 1),
+            "longest_pair_seconds": max(secs), "stage_seconds_per_model": round(stage, 1),
+            "overhead_per_pair_s": oh, "first_import_s": imp, "slots_per_node": slots, "rows": rows}
+
+
+def _write(data: dict, out: str | None) -> None:
+    text = json.dumps(data, indent=2)
+    if out:
+        Path(out).write_text(text + "\n")
+    print(text)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    a = sub.add_parser("pairs")
+    a.add_argument("--spec", default=str(REPO / "embedc.toml"))
+    a.add_argument("--only", nargs="*", default=[], help="TARGET/PRECISION pairs (default: the whole matrix)")
+    a.add_argument("--cache-dir", default=None)
+    a.add_argument("-o", "--out")
+    b = sub.add_parser("overhead")
+    b.add_argument("-n", type=int, default=50)
+    b.add_argument("-o", "--out")
+    c = sub.add_parser("project")
+    c.add_argument("pairs")
+    c.add_argument("overhead")
+    c.add_argument("--models", type=int, default=10)
+    c.add_argument("--nodes", type=int, nargs="*", default=[1, 4, 16])
+    c.add_argument("--slots", type=int, default=1, help="pairs at once per node (1 on a 2-core node)")
+    c.add_argument("-o", "--out")
+    args = ap.parse_args(argv)
+    if args.cmd == "pairs":
+        measure_pairs(args.spec, args.only, args.out, args.cache_dir)
+    elif args.cmd == "overhead":
+        measure_overhead(args.out, args.n)
+    else:
+        pairs = json.loads(Path(args.pairs).read_text())
+        overhead = json.loads(Path(args.overhead).read_text())
+        _write(project_table(pairs, overhead, args.models, args.nodes, args.slots), args.out)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO))
+    main()
