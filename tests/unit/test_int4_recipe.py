@@ -151,7 +151,7 @@ def test_openvino_autoround_meets_the_floor(ctx, scaled_eval, tmp_path):
     assert meets_floor(cos, "int4"), (cos.mean(), cos.min())
     xml = (tmp_path / "ov" / res.model_file).read_text()
     assert xml.count('element_type="i4"') == 12 and 'element_type="i8"' in xml  # Linears int4, table int8
-    assert res.recipe["int4_weights"]["reused"] is True  # the ORT test computed these settings already
+    assert res.recipe["int4_weights"]["settings"]["algorithm"] == "autoround"
 
 
 def test_openvino_writer_with_broken_rounding_misses_the_floor(ctx, scaled_eval, tmp_path, monkeypatch):
@@ -201,8 +201,10 @@ def test_stage_computes_once_per_settings_and_is_reused(ctx, stage):
     assert first == again and info2["reused"] is True
     assert stage.calls["loads"] - before <= 1  # computed at most once here (earlier tests may have done it)
     assert info1["stage_key"] == info2["stage_key"]
-    other, info3 = stage(dataclasses.replace(settings, iters=FAST["iters"] + 1))
+    # other settings are another entry (INC's GPTQ: the second choice, and quick)
+    other, info3 = stage(dataclasses.replace(settings, algorithm="gptq-inc"))
     assert other != first and info3["reused"] is False and info3["stage_key"] != info1["stage_key"]
+    assert info3["algorithm"] == "gptq-inc" and info3["layers"] == 12
 
 
 # ---- errors --------------------------------------------------------------------------------------------
@@ -240,3 +242,23 @@ def test_spec_time_combinations():
         ORT.resolve_options(ORT.targets[0], "int4", {"algorithm": "autoround", "auto_exclude": 4})
     with pytest.raises(TargetError, match="positive scales"):
         TRT.resolve_options(TRT.targets[0], "int4", {"algorithm": "autoround", "full_range": True})
+
+
+def test_artifact_job_hands_backends_the_cached_stage(monkeypatch, tmp_path):
+    """The artifact job's CompileContext.int4_weights calls the stage with this build's export key,
+    calibration hash and feeds (one computation per build inputs, whichever backend asks)."""
+    from types import SimpleNamespace
+
+    import embedc.int4.stage as stage_mod
+    from embedc.build.artifact_job import _int4_weights
+    from embedc.int4.compute import Int4Settings
+
+    seen = {}
+    monkeypatch.setattr(stage_mod, "cached_int4_weights", lambda cache, **kw: seen.update(kw, cache=cache) or "hit")
+    job = SimpleNamespace(cache_root=str(tmp_path), export_dir=str(tmp_path / "export" / "abc123"),
+                          summary={"calibration": {"sha256": "c0ffee"}}, calibration=("feed",),
+                          source={"name": "m", "kind": "local"}, source_dir=str(tmp_path))
+    assert _int4_weights(job)(Int4Settings()) == "hit"
+    assert seen["export_key"] == "abc123" and seen["calibration_hash"] == "c0ffee" and seen["feeds"] == ("feed",)
+    assert seen["settings"] == Int4Settings() and callable(seen["load_model"])
+    assert seen["cache"].root == tmp_path
