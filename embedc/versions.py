@@ -5,7 +5,8 @@ import platform
 from importlib import metadata
 
 _TRACKED = ("embedc", "torch", "transformers", "tokenizers", "onnx", "onnxscript",
-            "onnxruntime", "onnx-ir", "openvino", "nncf", "tensorrt", "numpy")
+            "onnxruntime", "onnx-ir", "openvino", "nncf", "tensorrt", "numpy", "auto-round",
+            "neural-compressor")
 
 
 def library_versions(names: tuple[str, ...] = _TRACKED) -> dict[str, str]:

@@ -24,7 +24,7 @@ log = logging.getLogger("embedc")
 # embedc source that shapes every artifact besides its backend's own package
 ARTIFACT_CODE = ("targets/base.py", "targets/options.py", "targets/host.py", "onnxkit/*.py", "parity/metrics.py",
                  "parity/lengths.py", "parity/harness.py", "calibration/feeds.py", "runtime/st_compat.py",
-                 "build/artifact_job.py")  # outputs/*.py: in the key of artifacts with compressed outputs only
+                 "build/artifact_job.py", "int4/*.py")  # outputs/*.py: in the key of artifacts with compressed outputs only
 
 
 @dataclass(frozen=True)
@@ -139,7 +139,7 @@ def _compile_and_judge(job: ArtifactJob, out: Path) -> None:
     try:
         ctx = CompileContext(reference_dir=Path(job.export_dir), reference_meta=job.ref_meta,
                              calibration=job.calibration, length_stats=job.length_stats, options=dict(job.options),
-                             work_dir=work)
+                             work_dir=work, int4_weights=_int4_weights(job))
         res = backend.compile(job.target, job.precision, ctx, out)
         if job.outputs:
             from ..outputs.build import attach as attach_heads
@@ -174,6 +174,20 @@ def _compile_and_judge(job: ArtifactJob, out: Path) -> None:
     if job.node:
         meta["built_on"] = dict(job.node)   # compiled and judged there (a remote executor's node)
     write_meta(out, meta)
+
+
+def _int4_weights(job: ArtifactJob):
+    """The cached torch int4-weights stage for this build (embedc.int4.stage): one computation per
+    export, calibration split and settings, shared by every backend's int4 artifact."""
+    def fetch(settings):
+        from ..int4.stage import cached_int4_weights, source_loader
+        from .cache import StageCache
+
+        return cached_int4_weights(StageCache(Path(job.cache_root)), export_key=Path(job.export_dir).name,
+                                   calibration_hash=job.summary["calibration"]["sha256"], settings=settings,
+                                   load_model=source_loader(_with_path(job.source, job.source_dir)),
+                                   feeds=job.calibration)
+    return fetch
 
 
 def _with_path(source: dict, path: str):

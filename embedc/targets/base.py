@@ -11,7 +11,7 @@ package branches on a backend's name."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -58,6 +58,8 @@ class CompileContext:
     length_stats: dict                        # token lengths of calibration texts: min/p50/p90/p99/max
     options: dict                             # options for this precision, already resolved by the backend
     work_dir: Path                            # scratch space in the build's own temp folder, removed after
+    # int4 weights computed in torch (embedc.int4): settings -> (stage entry folder, info); None outside a build
+    int4_weights: Callable | None = None
 
     @property
     def reference_onnx(self) -> Path:

@@ -30,6 +30,7 @@ from .. import options as opt
 from ..base import Backend, Capabilities, CompileContext, CompileResult, Target
 from ..registry import check_precision
 from . import shapes
+from ...int4 import is_torch_algorithm, options_schema as int4_options
 
 PRECISIONS = ("fp32", "fp16", "int8-static", "int8-weights", "int4")
 INSTALL_HINT = "pip install 'embedc[openvino]'"
@@ -114,7 +115,8 @@ def _schema(target: Target, precision: str) -> dict[str, opt.Option]:
                         "overflow_fix": opt.choice("auto", ("auto", "enable", "disable", "first_layer_only")),
                         "preset": opt.choice("mixed", ("mixed", "performance")), "exclude": opt.patterns()},
         "int8-weights": {"mode": opt.choice("int8_asym", ("int8_asym", "int8_sym"))},
-        "int4": {"mode": opt.choice(INT4_DEFAULTS["mode"], ("int4_asym", "int4_sym")), "group_size": _group_size(),
+        "int4": {"algorithm": opt.choice("nncf", ("nncf", "autoround", "gptq-inc")), **int4_options(),
+                 "mode": opt.choice(INT4_DEFAULTS["mode"], ("int4_asym", "int4_sym")), "group_size": _group_size(),
                  "ratio": opt.number(INT4_DEFAULTS["ratio"], lo=0.0, hi=1.0, open_lo=True),
                  "all_layers": opt.flag(INT4_DEFAULTS["all_layers"]),
                  "backup_mode": opt.choice(INT4_DEFAULTS["backup_mode"], ("int8_asym", "int8_sym", "none")),
@@ -260,6 +262,13 @@ def _int8_weights(ov, nncf, model, ctx, opts, device):
 
 
 def _int4(ov, nncf, model, ctx, opts, device):
+    if is_torch_algorithm(opts):  # codes computed in torch (embedc.int4), written as i4 constants
+        from ...int4.openvino import int4_model
+
+        if opts["group_size"] < 16 or opts["group_size"] & (opts["group_size"] - 1):
+            raise CompileError(f"group_size={opts['group_size']} with algorithm={opts['algorithm']}",
+                               "use a power-of-two group size >= 16 (e.g. 32)")
+        return (*int4_model(ov, ctx, opts, Path(ctx.work_dir) / "openvino-int4"), False)
     from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
 
     mode = _enum(nncf.CompressWeightsMode, opts["mode"])
@@ -347,7 +356,7 @@ def _pad_token_id(reference_dir: Path) -> int:
 class OpenVINOBackend(Backend):
     name = "openvino"
     targets = TARGETS
-    libraries = ("openvino", "nncf")
+    libraries = ("openvino", "nncf", "auto-round", "neural-compressor")
     capabilities = Capabilities(st_backend="openvino", engine=False, output_heads=True, report_marker="s")
 
     def resolve_options(self, target: Target, precision: str, options: Mapping) -> dict:

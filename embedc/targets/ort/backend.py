@@ -20,6 +20,7 @@ from ...errors import ArtifactError, CompileError, EmbedcError, MissingDependenc
 from .. import options as opt
 from ..base import Backend, Capabilities, CompileContext, CompileResult, Target
 from ..registry import check_precision
+from ...int4 import is_torch_algorithm, options_schema as int4_options
 
 PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8-static", "int4")
 MODEL_FILE = "model.onnx"
@@ -104,18 +105,23 @@ SCHEMA: dict[str, dict[str, opt.Option]] = {
                     "quantize_embedding": opt.flag(True), "embedding_block_size": opt.integer(128, power_of_two=True),
                     "percentile": opt.number(99.999, lo=90.0, hi=100.0), "smooth_quant": opt.flag(True),
                     "smooth_alpha": opt.number("auto", lo=0.0, hi=1.0, words=("auto",))},
-    "int4": {"algorithm": opt.choice("default", ("default", "rtn", "gptq", "hqq")),
+    "int4": {"algorithm": opt.choice("default", ("default", "rtn", "gptq", "hqq", "autoround", "gptq-inc")),
              "block_size": opt.integer(DEFAULT_INT4_BLOCK, power_of_two=True), "is_symmetric": opt.flag(True),
              "accuracy_level": opt.choice(4, (0, 1, 2, 3, 4)), "quantize_embedding": opt.flag(True),
              "embedding_bits": opt.choice(4, (4, 8)), "embedding_block_size": opt.integer(64, power_of_two=True),
              "exclude": opt.patterns(), "gptq_samples": opt.integer(32, lo=1), "auto_exclude": _auto_exclude(0),
-             "target_mean": opt.number(0.99, **_TARGET_COSINE), "target_min": opt.number(0.97, **_TARGET_COSINE)},
+             "target_mean": opt.number(0.99, **_TARGET_COSINE), "target_min": opt.number(0.97, **_TARGET_COSINE),
+             **int4_options()},
 }
 
 
 def resolve_options(precision: str, given: Mapping, target: str = "") -> dict:
     """Defaults overlaid with the user's options; unknown keys and bad values raise TargetError."""
-    return opt.resolve(SCHEMA[precision], given, f"{precision} on {target}" if target else precision)
+    resolved = opt.resolve(SCHEMA[precision], given, f"{precision} on {target}" if target else precision)
+    if precision == "int4" and is_torch_algorithm(resolved) and resolved["auto_exclude"]:
+        raise TargetError(f"option auto_exclude does not apply to algorithm={resolved['algorithm']} "
+                          f"({precision} on {target})", "drop auto_exclude, or name layers with exclude")
+    return resolved
 
 
 # ---- the backend
@@ -156,7 +162,7 @@ class OrtRunner:
 class OrtBackend(Backend):
     name = "ort"
     targets = TARGETS
-    libraries = ("onnx", "onnxruntime", "onnx-ir")
+    libraries = ("onnx", "onnxruntime", "onnx-ir", "auto-round", "neural-compressor")
     capabilities = Capabilities(st_backend="onnx", engine=False, output_heads=True, report_marker="o")
 
     def resolve_options(self, target: Target, precision: str, options: Mapping) -> dict:
@@ -256,6 +262,12 @@ def _dispatch(precision: str, src: Path, dst: Path, settings: dict, options: dic
     if precision == "int8-static":
         return ort_int8.quantize_int8_static(src, dst, feeds=_feeds(ctx), input_names=ctx.input_names,
                                              settings=settings, options=options, work=work, threads=None)
+    if is_torch_algorithm(options):
+        from ...int4 import weights_for
+        from ...int4.ort import quantize_int4_codes
+
+        layers, info = weights_for(ctx, options)
+        return quantize_int4_codes(src, dst, layers=layers, info=info, options=options)
     return ort_int4.quantize_int4(src, dst, feeds=_feeds(ctx), input_names=ctx.input_names, options=options,
                                   work=work, threads=None)
 

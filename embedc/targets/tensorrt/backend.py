@@ -34,6 +34,7 @@ from ...errors import ArtifactError, CompileError, EmbedcError, TargetError
 from .. import options as opt
 from ..base import Backend, Capabilities, CompileContext, CompileResult, Target
 from ..registry import check_precision
+from ...int4 import options_schema as int4_options
 
 log = logging.getLogger("embedc.targets.tensorrt.backend")
 
@@ -87,7 +88,7 @@ def _schema(precision: str) -> dict[str, opt.Option]:
         return {**common, **searching, "method": opt.choice("minmax", ("minmax", "entropy", "percentile")),
                 "percentile": opt.number(99.999, lo=90.0, hi=100.0), "compute": opt.choice("fp16", ("fp16", "fp32"))}
     return {**common, **searching, "block_size": opt.integer(32, power_of_two=True),
-            "algorithm": opt.choice("gptq", ("gptq", "rtn"))}
+            "algorithm": opt.choice("gptq", ("gptq", "rtn", "autoround", "gptq-inc")), **int4_options()}
 
 
 def _first_line(exc: BaseException) -> str:
@@ -118,12 +119,15 @@ class OrtGraphRunner:
 class TensorRTBackend(Backend):
     name = "tensorrt"
     targets = TARGETS
-    libraries = ("onnx", "onnxruntime", "tensorrt")
+    libraries = ("onnx", "onnxruntime", "tensorrt", "auto-round", "neural-compressor")
     capabilities = Capabilities(st_backend=None, engine=True, output_heads=True, report_marker="^")
 
     def resolve_options(self, target: Target, precision: str, options: Mapping) -> dict:
         check_precision(target, precision)
         resolved = opt.resolve(_schema(precision), options, f"{precision} on {target.name}")
+        if precision == "int4" and resolved["full_range"]:
+            raise TargetError(f"option full_range=true is invalid for {precision} on {target.name}",
+                              "TensorRT's blockwise DequantizeLinear needs positive scales: use full_range=false")
         from ...errors import UsageError
         from .profiles import derive_profile
 

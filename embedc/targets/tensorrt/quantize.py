@@ -28,6 +28,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from ...errors import CompileError
 from ...onnxkit.files import needs_external_data, save_model
 from ...onnxkit.metrics import cosine_stats
 from ...onnxkit.qdq import keep_float_consumers
@@ -144,6 +145,8 @@ def quantize_int4(model, ctx, work: Path, options: dict, tail) -> tuple[object, 
 
     from .int4 import CLIP_RATIOS, apply_int4, quantize_layer
 
+    from ...int4 import is_torch_algorithm
+
     block, algorithm = options["block_size"], options["algorithm"]
     t0 = time.perf_counter()
     prep = prepare(model, ctx.calibration, options, work)
@@ -151,6 +154,18 @@ def quantize_int4(model, ctx, work: Path, options: dict, tail) -> tuple[object, 
     acts = capture_inputs(prep, prep.feeds)
     inits = {i.name: i for i in prep.model.graph.initializer}
     layers: dict[str, tuple] = {}  # each layer is quantized once, whatever the search keeps
+    torch_info = None
+    if is_torch_algorithm(options):  # codes computed in torch once for every backend (embedc.int4)
+        from ...int4 import weights_for
+        from ...int4.layers import match_layers
+
+        computed, torch_info = weights_for(ctx, options)
+        matched = match_layers(prep.model, computed, block, prep.candidates)
+        missing = [prep.scopes[n.name] for n in prep.candidates if n.name not in matched]
+        if missing:
+            raise CompileError(f"{algorithm} computed no int4 weights for {missing[0]}",
+                               "report this with the model name; exclude that layer meanwhile")
+        layers.update({k: (d["q"], d["scale"]) for k, d in matched.items()})
 
     def build(excluded: list[str]) -> Path:
         for n in prep.candidates:
@@ -172,8 +187,11 @@ def quantize_int4(model, ctx, work: Path, options: dict, tail) -> tuple[object, 
                        "blocks; TensorRT requires scale > 0",
         "why_not_modelopt": "nvidia-modelopt[onnx] pins onnx~=1.21 and onnxruntime-gpu, conflicting with "
                             "embedc's onnx/onnxruntime pins",
-        "algorithm": algorithm + (" (GPTQ error feedback over K, blockwise scales)" if algorithm == "gptq"
-                                  else " (round to nearest)") + ", activation-weighted clip search for scales",
+        "algorithm": (f"{algorithm} (computed in torch on the calibration split, shared with the other backends)"
+                      if torch_info else
+                      algorithm + (" (GPTQ error feedback over K, blockwise scales)" if algorithm == "gptq"
+                                   else " (round to nearest)") + ", activation-weighted clip search for scales"),
+        **({"int4_weights": torch_info} if torch_info else {}),
         "clip_ratios": [float(r) for r in CLIP_RATIOS] + ["amax/8"], "bits": 4, "symmetric": True,
         "block_size": block, "block_axis": "0 (K of MatMul B [K, N])", "opset": QDQ_OPSET,
         "weights": "int4 initializers + DequantizeLinear(axis=0, block_size) with FP16 scales",

@@ -1,0 +1,123 @@
+"""INT4 recipes side by side: RTN / GPTQ / HQQ / AutoRound per backend, on one model.
+
+    .venv/bin/python benchmarks/int4_recipes.py [--model all-minilm-l6-v2] [--variants autoround,gptq-inc,...]
+        [--out benchmarks/int4_recipes.json] [--cache DIR]
+
+Each variant is one ``embedc.build`` (int4 only) on the same spec settings as
+``specs/all-minilm-l6-v2.toml`` (calibration 8 texts/language, evaluation 16,
+seed 0), sharing one stage cache: the export, the torch reference and the
+torch-computed int4 weights are computed once (a variant listing several
+backends computes AutoRound/GPTQ once for all of them). Per artifact it
+records the evaluation-split parity (mean / min / worst language mean
+cosine), size as % of the FP32 reference ONNX, the backend's compile time and
+the torch weight computation's time. Results accumulate in ``--out`` (JSON,
+one entry per variant and artifact, rerunnable variant by variant); ``--md``
+prints the table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+AR = {"iters": 200, "nsamples": 128, "seqlen": 64}
+
+# variant -> [(target, int4 options)]
+VARIANTS: dict[str, list[tuple[str, dict]]] = {
+    "default": [("ort-cpu-avx2", {}), ("openvino-cpu", {}), ("tensorrt-sm90", {})],
+    "spec-tuned": [("ort-cpu-avx2", {"is_symmetric": False, "block_size": 16, "auto_exclude": 18})],
+    "rtn": [("ort-cpu-avx2", {"algorithm": "rtn"}), ("tensorrt-sm90", {"algorithm": "rtn"})],
+    "hqq": [("ort-cpu-avx2", {"algorithm": "hqq"})],
+    "gptq-ort": [("ort-cpu-avx2", {"algorithm": "gptq"})],
+    "gptq-inc": [(t, {"algorithm": "gptq-inc", "nsamples": 128, "seqlen": 64})
+                 for t in ("ort-cpu-avx2", "openvino-cpu", "tensorrt-sm90")],
+    "autoround": [(t, {"algorithm": "autoround", **AR}) for t in ("ort-cpu-avx2", "openvino-cpu", "tensorrt-sm90")],
+}
+
+
+def run_variant(model: str, name: str, cache: Path) -> list[dict]:
+    from embedc.build.pipeline import build
+    from embedc.spec import spec_from_dict
+
+    entries = VARIANTS[name]
+    spec = spec_from_dict({
+        "model": {"name": model},
+        "calibration": {"corpus": "default", "calib_per_lang": 8, "eval_per_lang": 16, "seed": 0},
+        "matrix": [{"target": t, "precisions": ["int4"], "options": {"int4": o}} for t, o in entries],
+        "gates": {"int4": "mean>=0.0"},
+        "out": str(Path(tempfile.mkdtemp(prefix=f"int4-{name}-")) / "build"),
+    })
+    t0 = time.perf_counter()
+    result = build(spec, force=True, cache_dir=cache)
+    rows = []
+    for o in result.artifacts:
+        if o.status == "error":
+            rows.append({"variant": name, "target": o.target, "error": o.error})
+            continue
+        m = o.meta
+        par, rec = m["parity"], m["recipe"]
+        langs = par.get("languages") or {}
+        worst = min(langs.items(), key=lambda kv: kv[1]["mean"]) if langs else ("-", {"mean": float("nan")})
+        w = rec.get("int4_weights") or {}
+        ref_bytes = _reference_bytes(result.out)
+        rows.append({"variant": name, "target": o.target, "options": rec.get("options"),
+                     "mean": par["mean"], "min": par["min"], "worst_language": worst[0],
+                     "worst_language_mean": worst[1]["mean"], "model_bytes": m["model_bytes"],
+                     "size_pct": round(100 * m["model_bytes"] / ref_bytes, 1) if ref_bytes else None,
+                     "compile_seconds": m["compile_seconds"], "cached": o.cached,
+                     "weights_seconds": w.get("compute_seconds"), "weights_reused": w.get("reused")})
+    print(f"{name}: {time.perf_counter() - t0:.0f} s", flush=True)
+    return rows
+
+
+def _reference_bytes(build_out: Path) -> int:
+    """Bytes of the FP32 reference ONNX (model.onnx and its external data) in the build folder."""
+    return sum(p.stat().st_size for p in (Path(build_out) / "export").iterdir() if p.name.startswith("model.onnx"))
+
+
+def markdown(rows: list[dict]) -> str:
+    head = ("| recipe | target | mean | min | worst language | size % FP32 | compile s | int4 weights s |\n"
+            "|---|---|---|---|---|---|---|---|")
+    out = [head]
+    for r in rows:
+        if "error" in r:
+            out.append(f"| {r['variant']} | {r['target']} | error: {r['error'][:80]} | | | | | |")
+            continue
+        ws = "-" if r["weights_seconds"] is None else f"{r['weights_seconds']:.0f}" + (" (reused)" if r["weights_reused"] else "")
+        out.append(f"| {r['variant']} | {r['target']} | {r['mean']:.4f} | {r['min']:.4f} | "
+                   f"{r['worst_language']} {r['worst_language_mean']:.4f} | {r['size_pct']} | "
+                   f"{r['compile_seconds']:.0f} | {ws} |")
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="all-minilm-l6-v2")
+    ap.add_argument("--variants", default="autoround,gptq-inc,default,rtn,hqq")
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "int4_recipes.json")
+    ap.add_argument("--cache", type=Path, default=None, help="stage cache (default: embedc's own)")
+    ap.add_argument("--md", action="store_true", help="print the table of --out and exit")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    done = json.loads(args.out.read_text()) if args.out.is_file() else []
+    if args.md:
+        print(markdown(done))
+        return
+    cache = args.cache
+    if cache is None:
+        from embedc.models.cache import cache_root
+
+        cache = cache_root() / "stages"
+    for name in args.variants.split(","):
+        rows = run_variant(args.model, name, cache)
+        done = [r for r in done if r["variant"] != name] + rows
+        args.out.write_text(json.dumps(done, indent=1))
+    print(markdown(done))
+
+
+if __name__ == "__main__":
+    main()
