@@ -109,7 +109,7 @@ def test_directory_is_complete(rebuilt):
     assert (cfg["hidden_size"], cfg["num_hidden_layers"], cfg["num_attention_heads"],
             cfg["intermediate_size"], cfg["vocab_size"], cfg["max_position_embeddings"],
             cfg["type_vocab_size"], cfg["layer_norm_eps"]) == (384, 12, 12, 1536, 250037, 512, 2, 1e-12)
-    assert not list(rebuilt.parent.glob(".*.tmp")), "temp folder left behind"
+    assert not list(rebuilt.parent.glob(".*.tmp*")), "temp folder left behind"
 
 
 def test_loads_with_transformers(rebuilt):

@@ -90,3 +90,33 @@ def test_swap_never_leaves_a_moment_without_the_output(tmp_path):
         t.join()
     assert (final / "v").read_text() == "199" and missing == []
     assert os.listdir(tmp_path) == ["out"]
+
+
+def test_swap_without_renameat2_restores_the_old_folder_on_failure(tmp_path, monkeypatch):
+    """Where RENAME_EXCHANGE is unavailable, the old folder is renamed aside and put back if the
+    second rename fails; its temp name carries the pid, so a kill in between is swept later."""
+    import pytest
+
+    from embedc import fsutil
+
+    monkeypatch.setattr(fsutil, "_exchange", lambda a, b: False)
+    final = tmp_path / "out"
+    final.mkdir()
+    (final / "v").write_text("old")
+    with fsutil.staged_dir(final, force=True) as tmp:
+        (tmp / "v").write_text("new")
+    assert (final / "v").read_text() == "new" and os.listdir(tmp_path) == ["out"]
+    real_replace = os.replace
+    calls = []
+
+    def second_fails(a, b):
+        calls.append(b)
+        if len(calls) == 2:
+            raise OSError(5, "I/O error")
+        return real_replace(a, b)
+
+    monkeypatch.setattr(fsutil.os, "replace", second_fails)
+    with pytest.raises(OSError):
+        with fsutil.staged_dir(final, force=True) as tmp:
+            (tmp / "v").write_text("newer")
+    assert (final / "v").read_text() == "new" and os.listdir(tmp_path) == ["out"]

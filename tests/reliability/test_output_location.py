@@ -111,3 +111,14 @@ def test_corpus_errors_come_before_the_export(toy, tmp_path, monkeypatch):
     r = run(*build_args(toy, bad, tmp_path / "out", "-t", "fake-cpu", "-p", "fp32"))
     assert r.exit_code in (1, 2) and len(error_lines(r.output)) == 1, r.output
     assert no_work_done(tmp_path / "c") and not (tmp_path / "out").exists()
+
+
+def test_export_command_is_guarded_too(toy, tmp_path, monkeypatch):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(toy, model)
+    before = tree_digest(model)
+    r = run("export", "-m", model, "-o", model, "--force")
+    refused(r, "model folder")
+    assert tree_digest(model) == before
