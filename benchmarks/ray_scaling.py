@@ -190,9 +190,38 @@ def project(pair_seconds: list[float], stage_seconds: float, models: int, nodes:
     return end
 
 
-def project_table(pairs: dict, overhead: dict, models: int, nodes: list[int], slots: int) -> dict:
-    secs = [p["seconds"] for p in pairs["pairs"] if p["status"] != "error" and not p["cached"]]
-    stage = sum(pairs["stages"].values())
+REPRESENTATIVE = (("ort-cpu", "ort-cpu"), ("openvino-", "openvino-cpu"), ("tensorrt-", "tensorrt-sm90"))
+
+
+def expand_to_matrix(measured: dict[str, float], spec_path: str) -> tuple[list[float], list[str]]:
+    """Cost of every pair of the spec's matrix: its own measurement, or that of the same precision on
+    the measured target of its backend (same recipe; ``estimated`` lists those)."""
+    from embedc.spec import load_spec_file
+
+    costs, estimated = [], []
+    for target, precision in load_spec_file(Path(spec_path)).pairs():
+        name = f"{target}/{precision}"
+        if name in measured:
+            costs.append(measured[name])
+            continue
+        rep = next((f"{r}/{precision}" for prefix, r in REPRESENTATIVE if target.startswith(prefix)), None)
+        if rep not in measured:
+            raise SystemExit(f"no measurement for {name} nor for {rep}: measure it with 'pairs --only'")
+        costs.append(measured[rep])
+        estimated.append(f"{name} = {rep}")
+    return costs, estimated
+
+
+def project_table(pairs: dict, overhead: dict, models: int, nodes: list[int], slots: int,
+                  cost: str = "cpu_seconds", matrix_spec: str | None = None) -> dict:
+    done = [p for p in pairs["pairs"] if p["status"] != "error" and not p["cached"]]
+    measured = {p["name"]: p[cost] for p in done}
+    estimated: list[str] = []
+    if matrix_spec:
+        secs, estimated = expand_to_matrix(measured, matrix_spec)
+    else:
+        secs = list(measured.values())
+    stage = sum((pairs["stages_cpu"] if cost == "cpu_seconds" else pairs["stages"]).values())
     oh = overhead["pair_overhead_ms"]["median"] / 1e3
     imp = overhead["worker_first_import_seconds"]
     rows = []
@@ -202,7 +231,8 @@ def project_table(pairs: dict, overhead: dict, models: int, nodes: list[int], sl
         rows.append({"nodes": n, "wall_seconds": round(wall, 1), "wall_minutes": round(wall / 60, 1),
                      "pairs_only_lower_bound_minutes": round(ideal / 60, 1),
                      "driver_stages_minutes": round(models * stage / 60, 1)})
-    return {"models": models, "pairs_per_model": len(secs), "pair_seconds_total": round(sum(secs), 1),
+    return {"cost": cost, "matrix": matrix_spec, "measured_pairs": len(measured), "estimated_pairs": estimated,
+            "models": models, "pairs_per_model": len(secs), "pair_seconds_total": round(sum(secs), 1),
             "longest_pair_seconds": max(secs), "stage_seconds_per_model": round(stage, 1),
             "overhead_per_pair_s": oh, "first_import_s": imp, "slots_per_node": slots, "rows": rows}
 
@@ -234,6 +264,10 @@ def main(argv=None) -> None:
     c.add_argument("--models", type=int, default=10)
     c.add_argument("--nodes", type=int, nargs="*", default=[1, 4, 16])
     c.add_argument("--slots", type=int, default=1, help="pairs at once per node (1 on a 2-core node)")
+    c.add_argument("--cost", choices=["cpu_seconds", "seconds"], default="cpu_seconds",
+                   help="per-pair cost: CPU seconds (a dedicated node) or the measured wall seconds")
+    c.add_argument("--matrix", default=None, help="spec whose whole matrix to project (unmeasured pairs take "
+                                                  "the cost of the same precision on their backend's measured target)")
     c.add_argument("-o", "--out")
     args = ap.parse_args(argv)
     if args.cmd == "pairs":
@@ -243,7 +277,7 @@ def main(argv=None) -> None:
     else:
         pairs = json.loads(Path(args.pairs).read_text())
         overhead = json.loads(Path(args.overhead).read_text())
-        _write(project_table(pairs, overhead, args.models, args.nodes, args.slots), args.out)
+        _write(project_table(pairs, overhead, args.models, args.nodes, args.slots, args.cost, args.matrix), args.out)
 
 
 if __name__ == "__main__":

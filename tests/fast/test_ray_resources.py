@@ -162,3 +162,18 @@ def test_dry_run_shows_each_pairs_resources_with_the_ray_executor(toy_model, tmp
     assert plan["spec"]["executor"]["kind"] == "ray"
     res = {e["stage"]: e.get("resources") for e in plan["plan"] if e["stage"].startswith("compile")}
     assert res == {"compile fake-cpu/fp32": "CPU 1", "compile fake-gpu/fp32": "CPU 1, intel_gpu 1"}
+
+
+def test_scaling_projection_is_a_list_schedule():
+    """benchmarks/ray_scaling.py: pairs on N workers, a model's pairs ready after its driver stages."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "ray_scaling.py"
+    spec = importlib.util.spec_from_file_location("ray_scaling", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.project([10, 10, 10], 0, 1, 1) == 30 and mod.project([10, 10, 10], 0, 1, 4) == 10
+    assert mod.project([10, 10, 10], 5, 2, 16) == 20                  # model 2's pairs wait for its export
+    assert mod.project([10], 0, 1, 1, overhead_s=0.5, first_import_s=2) == 12.5
+    assert mod.project([7, 5, 4, 3, 1], 0, 1, 2) == 10                # longest first: 7+3 | 5+4+1
