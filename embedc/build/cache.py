@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 from ..artifact import file_inventory, sha256_file
-from ..fsutil import read_json, staged_dir, write_json_atomic
+from ..fsutil import read_json, write_json_atomic
 
 log = logging.getLogger("embedc")
 ENTRY_JSON = "entry.json"
@@ -61,19 +61,38 @@ class StageCache:
         return folder
 
     def store(self, stage: str, key: str, info: dict, fill) -> Path:
-        """Create an entry atomically: ``fill(tmp_folder)`` writes the files."""
+        """Create an entry atomically: ``fill(tmp_folder)`` writes the files into a
+        temp folder beside the entry, which is then renamed into place. Entries are
+        content-addressed, so when another writer (a node sharing the cache) got
+        there first, its intact entry is kept and this one is dropped; an entry is
+        never moved aside while others may read it."""
+        import os
+        import tempfile
+
+        from ..fsutil import _umask
+
         folder = self.path(stage, key)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=folder.parent))
+        os.chmod(tmp, 0o777 & ~_umask())
         try:
-            with staged_dir(folder, force=True) as tmp:
-                fill(tmp)
-                write_json_atomic(tmp / ENTRY_JSON, {"stage": stage, "key": key, **info,
-                                                     "files": file_inventory(tmp, exclude=(ENTRY_JSON,))})
-        except OSError:
-            # two writers of one key (nodes sharing the cache): the other's rename won; its entry is as good
-            if self.lookup(stage, key) is None:
-                raise
-            log.info("cache entry %s/%s was stored by another writer meanwhile", stage, key[:12])
-        return folder
+            fill(tmp)
+            write_json_atomic(tmp / ENTRY_JSON, {"stage": stage, "key": key, **info,
+                                                 "files": file_inventory(tmp, exclude=(ENTRY_JSON,))})
+            for _ in range(3):
+                try:
+                    os.rename(tmp, folder)   # atomic; refused while a (non-empty) entry is there
+                    return folder
+                except OSError:
+                    if self.lookup(stage, key) is not None:   # another writer's intact entry: keep it
+                        log.info("cache entry %s/%s was stored by another writer meanwhile", stage, key[:12])
+                        shutil.rmtree(tmp, ignore_errors=True)
+                        return folder
+                    # a corrupt entry was there (lookup removed it): rename again
+            raise OSError(f"cannot store cache entry {folder}")
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
 
 _PACKAGE = Path(__file__).resolve().parent.parent  # embedc/

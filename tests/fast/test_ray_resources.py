@@ -125,33 +125,49 @@ def test_local_executor_never_imports_ray():
     assert res.stdout.split() == ["local", "False"]
 
 
-def test_stage_cache_same_key_from_concurrent_writers(tmp_path):
-    """Nodes sharing a cache may fill the same entry at once: every writer gets an intact entry."""
+def test_stage_cache_same_key_from_concurrent_writers(tmp_path, caplog):
+    """Nodes sharing a cache may fill the same entry at once: every writer gets an intact entry,
+    a reader never sees a partial one nor removes a good one, no temp folder is left."""
     from embedc.build.cache import StageCache
 
     cache = StageCache(tmp_path / "stages")
-    start = threading.Barrier(6)
-    results, errors = [], []
+    writers, rounds = 6, 4
+    results, errors, seen = [], [], []
+    stop = threading.Event()
 
-    def fill(tmp):
-        (tmp / "model.bin").write_bytes(b"x" * 100_000)
-        start.wait()  # every writer renames at about the same moment
+    def reader():
+        while not stop.is_set():
+            for r in range(rounds):
+                hit = cache.lookup("artifact", f"{r:032d}")
+                if hit is not None:
+                    seen.append((hit / "model.bin").stat().st_size)
 
-    def writer():
+    def writer(barrier, key):
+        def fill(tmp):
+            (tmp / "model.bin").write_bytes(b"x" * 100_000)
+            barrier.wait()  # every writer renames at about the same moment
         try:
-            results.append(cache.store("artifact", "k" * 32, {}, fill))
+            results.append(cache.store("artifact", key, {}, fill))
         except Exception as exc:  # noqa: BLE001
             errors.append(exc)
 
-    threads = [threading.Thread(target=writer) for _ in range(6)]
-    for t in threads:
+    readers = [threading.Thread(target=reader) for _ in range(2)]
+    for t in readers:
         t.start()
-    for t in threads:
+    for r in range(rounds):
+        barrier = threading.Barrier(writers)
+        threads = [threading.Thread(target=writer, args=(barrier, f"{r:032d}")) for _ in range(writers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    stop.set()
+    for t in readers:
         t.join()
-    assert not errors and len(results) == 6
-    assert cache.lookup("artifact", "k" * 32) is not None
-    leftovers = [p.name for p in (tmp_path / "stages" / "artifact").iterdir() if p.name != "k" * 32]
-    assert leftovers == []
+    assert not errors and len(results) == writers * rounds
+    assert all(cache.lookup("artifact", f"{r:032d}") is not None for r in range(rounds))
+    assert set(seen) <= {100_000} and "corrupt" not in caplog.text
+    assert sorted(p.name for p in (tmp_path / "stages" / "artifact").iterdir()) == [f"{r:032d}" for r in range(rounds)]
 
 
 def test_dry_run_shows_each_pairs_resources_with_the_ray_executor(toy_model, tmp_path):
