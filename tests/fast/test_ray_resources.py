@@ -193,3 +193,21 @@ def test_scaling_projection_is_a_list_schedule():
     assert mod.project([10, 10, 10], 5, 2, 16) == 20                  # model 2's pairs wait for its export
     assert mod.project([10], 0, 1, 1, overhead_s=0.5, first_import_s=2) == 12.5
     assert mod.project([7, 5, 4, 3, 1], 0, 1, 2) == 10                # longest first: 7+3 | 5+4+1
+
+
+def test_a_node_that_cannot_see_the_stage_cache_says_so_in_one_line(tmp_path):
+    from embedc.build.artifact_job import ArtifactJob
+    from embedc.build.ray_executor import localize
+    from embedc.errors import ArtifactError
+
+    missing = tmp_path / "not-mounted"
+    job = ArtifactJob(target=get_target("ort-cpu"), precision="fp32", options={}, key="k", cache_root=str(missing),
+                      work_root=str(missing / "work"), export_dir=str(missing / "export" / "e"), ref_meta={},
+                      calibration=(), length_stats={}, eval_texts=(), eval_ids=(), eval_langs=(), eval_kinds=(),
+                      eval_lengths=(), reference_file=str(missing / "reference" / "r" / "embeddings.npy"),
+                      eval_max_length=32, calib_max_length=32, summary={}, style={}, source={},
+                      source_dir=str(missing))
+    with pytest.raises(ArtifactError) as info:
+        localize(job, {"hostname": "worker-7"})
+    assert "not visible on node worker-7" in str(info.value) and "[executor] cache" in str(info.value)
+    assert "\n" not in str(info.value)
