@@ -32,41 +32,69 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 # ---- 1. per-pair costs --------------------------------------------------------------------------
+def _cpu() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    c = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime + c.ru_utime + c.ru_stime
+
+
 def measure_pairs(spec_path: str, only: list[str], out: str | None, cache_dir: str | None) -> dict:
+    """A local build of the spec (or of ``only``, in that order), each stage and pair timed in wall
+    and CPU seconds; the JSON is rewritten after every pair, so a stopped run keeps what it measured."""
     import dataclasses
     import tempfile
 
     from embedc.build import pipeline, stages
+    from embedc.build.artifact_job import run_artifact_job
     from embedc.build.executor import LocalExecutor
     from embedc.spec import MatrixEntry, load_spec_file
 
     spec = load_spec_file(Path(spec_path))
     if only:
         wanted = [tuple(o.split("/", 1)) for o in only]
-        spec = dataclasses.replace(spec, matrix=tuple(MatrixEntry(t, (p,), {p: spec.options_for(t, p)} if
-                                                                  spec.options_for(t, p) else {})
-                                                       for t, p in wanted))
+        spec = dataclasses.replace(spec, matrix=tuple(
+            MatrixEntry(t, (p,), {p: spec.options_for(t, p)} if spec.options_for(t, p) else {}) for t, p in wanted))
     spec = dataclasses.replace(spec, out=str(Path(tempfile.mkdtemp(prefix="ray-scaling-")) / "build"))
-    timings: dict = {}
-    for name in ("export", "reference"):                 # time the driver's shared stages
+    data: dict = {"spec": spec_path, "model": spec.model.name, "cpus": os.cpu_count(),
+                  "load_average_at_start": os.getloadavg(), "stages": {}, "stages_cpu": {}, "pairs": [],
+                  "note": "local build (LocalExecutor); wall and CPU seconds per stage and per pair (compile + "
+                          "parity); the machine was shared, so wall seconds are inflated: CPU seconds are the "
+                          "cost a dedicated node pays"}
+    for name in ("export", "reference"):                 # the driver's shared stages
         fn = getattr(stages, name)
 
         def timed(*a, _fn=fn, _name=name, **k):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), _cpu()
             try:
                 return _fn(*a, **k)
             finally:
-                timings[_name] = round(time.perf_counter() - t0, 2)
+                data["stages"][_name] = round(time.perf_counter() - t0, 2)
+                data["stages_cpu"][_name] = round(_cpu() - c0, 2)
+                _write(data, out, quiet=True)
         setattr(stages, name, timed)
+
+    class Timed(LocalExecutor):
+        def run(self, jobs, on_done=None):
+            outcomes = []
+            for job in jobs:
+                t0, c0 = time.perf_counter(), _cpu()
+                o = run_artifact_job(job)
+                data["pairs"].append({"name": o.name, "status": o.status, "cached": o.cached,
+                                      "seconds": round(time.perf_counter() - t0, 2),
+                                      "cpu_seconds": round(_cpu() - c0, 2),
+                                      "compile_seconds": (o.meta or {}).get("compile_seconds"),
+                                      "load_average": round(os.getloadavg()[0], 1)})
+                _write(data, out, quiet=True)
+                if on_done is not None:
+                    on_done(o)
+                outcomes.append(o)
+            return outcomes
+
     t0 = time.perf_counter()
-    result = pipeline.build(spec, force=True, cache_dir=Path(cache_dir) if cache_dir else None,
-                            executor=LocalExecutor())
-    total = time.perf_counter() - t0
-    pairs = [{"name": a.name, "status": a.status, "cached": a.cached, "seconds": round(a.seconds, 2),
-              "compile_seconds": (a.meta or {}).get("compile_seconds")} for a in result.artifacts]
-    data = {"spec": spec_path, "model": spec.model.name, "stages": timings, "pairs": pairs,
-            "build_seconds": round(total, 1), "cpus": os.cpu_count(),
-            "note": "local build, LocalExecutor; seconds = compile + parity per pair (cache misses only count)"}
+    pipeline.build(spec, force=True, cache_dir=Path(cache_dir) if cache_dir else None, executor=Timed())
+    data["build_seconds"] = round(time.perf_counter() - t0, 1)
     _write(data, out)
     return data
 
@@ -162,9 +190,38 @@ def project(pair_seconds: list[float], stage_seconds: float, models: int, nodes:
     return end
 
 
-def project_table(pairs: dict, overhead: dict, models: int, nodes: list[int], slots: int) -> dict:
-    secs = [p["seconds"] for p in pairs["pairs"] if p["status"] != "error" and not p["cached"]]
-    stage = sum(pairs["stages"].values())
+REPRESENTATIVE = (("ort-cpu", "ort-cpu"), ("openvino-", "openvino-cpu"), ("tensorrt-", "tensorrt-sm90"))
+
+
+def expand_to_matrix(measured: dict[str, float], spec_path: str) -> tuple[list[float], list[str]]:
+    """Cost of every pair of the spec's matrix: its own measurement, or that of the same precision on
+    the measured target of its backend (same recipe; ``estimated`` lists those)."""
+    from embedc.spec import load_spec_file
+
+    costs, estimated = [], []
+    for target, precision in load_spec_file(Path(spec_path)).pairs():
+        name = f"{target}/{precision}"
+        if name in measured:
+            costs.append(measured[name])
+            continue
+        rep = next((f"{r}/{precision}" for prefix, r in REPRESENTATIVE if target.startswith(prefix)), None)
+        if rep not in measured:
+            raise SystemExit(f"no measurement for {name} nor for {rep}: measure it with 'pairs --only'")
+        costs.append(measured[rep])
+        estimated.append(f"{name} = {rep}")
+    return costs, estimated
+
+
+def project_table(pairs: dict, overhead: dict, models: int, nodes: list[int], slots: int,
+                  cost: str = "cpu_seconds", matrix_spec: str | None = None) -> dict:
+    done = [p for p in pairs["pairs"] if p["status"] != "error" and not p["cached"]]
+    measured = {p["name"]: p[cost] for p in done}
+    estimated: list[str] = []
+    if matrix_spec:
+        secs, estimated = expand_to_matrix(measured, matrix_spec)
+    else:
+        secs = list(measured.values())
+    stage = sum((pairs["stages_cpu"] if cost == "cpu_seconds" else pairs["stages"]).values())
     oh = overhead["pair_overhead_ms"]["median"] / 1e3
     imp = overhead["worker_first_import_seconds"]
     rows = []
@@ -174,16 +231,20 @@ def project_table(pairs: dict, overhead: dict, models: int, nodes: list[int], sl
         rows.append({"nodes": n, "wall_seconds": round(wall, 1), "wall_minutes": round(wall / 60, 1),
                      "pairs_only_lower_bound_minutes": round(ideal / 60, 1),
                      "driver_stages_minutes": round(models * stage / 60, 1)})
-    return {"models": models, "pairs_per_model": len(secs), "pair_seconds_total": round(sum(secs), 1),
+    return {"cost": cost, "matrix": matrix_spec, "measured_pairs": len(measured), "estimated_pairs": estimated,
+            "models": models, "pairs_per_model": len(secs), "pair_seconds_total": round(sum(secs), 1),
             "longest_pair_seconds": max(secs), "stage_seconds_per_model": round(stage, 1),
             "overhead_per_pair_s": oh, "first_import_s": imp, "slots_per_node": slots, "rows": rows}
 
 
-def _write(data: dict, out: str | None) -> None:
+def _write(data: dict, out: str | None, quiet: bool = False) -> None:
     text = json.dumps(data, indent=2)
     if out:
-        Path(out).write_text(text + "\n")
-    print(text)
+        tmp = Path(str(out) + ".tmp")
+        tmp.write_text(text + "\n")
+        os.replace(tmp, out)
+    if not quiet:
+        print(text)
 
 
 def main(argv=None) -> None:
@@ -203,6 +264,10 @@ def main(argv=None) -> None:
     c.add_argument("--models", type=int, default=10)
     c.add_argument("--nodes", type=int, nargs="*", default=[1, 4, 16])
     c.add_argument("--slots", type=int, default=1, help="pairs at once per node (1 on a 2-core node)")
+    c.add_argument("--cost", choices=["cpu_seconds", "seconds"], default="cpu_seconds",
+                   help="per-pair cost: CPU seconds (a dedicated node) or the measured wall seconds")
+    c.add_argument("--matrix", default=None, help="spec whose whole matrix to project (unmeasured pairs take "
+                                                  "the cost of the same precision on their backend's measured target)")
     c.add_argument("-o", "--out")
     args = ap.parse_args(argv)
     if args.cmd == "pairs":
@@ -212,7 +277,7 @@ def main(argv=None) -> None:
     else:
         pairs = json.loads(Path(args.pairs).read_text())
         overhead = json.loads(Path(args.overhead).read_text())
-        _write(project_table(pairs, overhead, args.models, args.nodes, args.slots), args.out)
+        _write(project_table(pairs, overhead, args.models, args.nodes, args.slots, args.cost, args.matrix), args.out)
 
 
 if __name__ == "__main__":

@@ -84,13 +84,14 @@ class StageCache:
         shutil.rmtree(aside, ignore_errors=True)
 
     def store(self, stage: str, key: str, info: dict, fill) -> Path:
-        """Create an entry atomically: ``fill(tmp_folder)`` writes the files.
-
-        The temp folder is this process's own (pid-named, swept when a killed
-        run left it); if another process stored the same key meanwhile, its
-        intact entry is kept and ours discarded. A full disk raises
-        DiskFullError and leaves no partial entry."""
-        from ..fsutil import _umask, raise_if_disk_full, swap_into_place
+        """Create an entry atomically: ``fill(tmp_folder)`` writes the files into
+        this process's own temp folder beside the entry (pid-named, swept when a
+        killed run left it), which is then renamed into place. Entries are
+        content-addressed, so when another writer (a concurrent build, a node
+        sharing the cache) got there first, its intact entry is kept and ours
+        dropped; an intact entry is never moved aside while others may read it.
+        A full disk raises DiskFullError and leaves no partial entry."""
+        from ..fsutil import _umask, raise_if_disk_full
         from . import temps
 
         folder = self.path(stage, key)
@@ -107,17 +108,23 @@ class StageCache:
                 fill(tmp)
                 write_json_atomic(tmp / ENTRY_JSON, {"stage": stage, "key": key, **info,
                                                      "files": file_inventory(tmp, exclude=(ENTRY_JSON,))})
-                if self.lookup(stage, key) is not None:  # another build stored it meanwhile: keep theirs
-                    shutil.rmtree(tmp, ignore_errors=True)
-                    return folder
-                swap_into_place(tmp, folder)
             except OSError as exc:
                 raise_if_disk_full(exc, folder)
                 raise
+            for _ in range(3):
+                try:
+                    os.rename(tmp, folder)   # atomic; refused while a (non-empty) entry is there
+                    return folder
+                except OSError:
+                    if self.lookup(stage, key) is not None:   # another writer's intact entry: keep it
+                        log.info("cache entry %s/%s was stored by another writer meanwhile", stage, key[:12])
+                        shutil.rmtree(tmp, ignore_errors=True)
+                        return folder
+                    # a corrupt entry was there (lookup removed it): rename again
+            raise OSError(f"cannot store cache entry {folder}")
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        return folder
 
 
 def _verify_entry(folder: Path, data) -> None:

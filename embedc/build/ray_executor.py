@@ -99,6 +99,13 @@ class RayExecutor:
                                     "ip": n.get("NodeManagerAddress")}
         return out
 
+    def _head_node_id(self) -> str | None:
+        """The head node (it lives as long as the cluster): where the progress actor goes."""
+        for n in self.ray.nodes():
+            if n.get("Alive") and "node:__internal_head__" in (n.get("Resources") or {}):
+                return n["NodeID"]
+        return None
+
     # ---- the run ---------------------------------------------------------------------------------
     def run(self, jobs: Sequence[ArtifactJob], on_done: Callable[[ArtifactOutcome], None] | None = None
             ) -> list[ArtifactOutcome]:
@@ -121,8 +128,7 @@ class RayExecutor:
         shared = {f: getattr(jobs[0], f) for f in SHARED_FIELDS}
         model_bytes = sum(int(f.get("bytes", 0)) for f in (jobs[0].ref_meta.get("files") or []))
         shared_ref = ray.put(shared)
-        here = ray.get_runtime_context().get_node_id()
-        progress = _progress_actor(ray, here)
+        progress = _progress_actor(ray, self._head_node_id() or ray.get_runtime_context().get_node_id())
         task = ray.remote(_run_pair)
 
         outcomes: dict[int, ArtifactOutcome] = {}
@@ -386,7 +392,7 @@ def _run_pair(job: ArtifactJob, shared: dict, progress) -> ArtifactOutcome:
 
 
 class _Progress:
-    """Collects the tasks' "started" reports for the driver (a zero-CPU actor on the driver's node)."""
+    """Collects the tasks' "started" reports for the driver (a zero-CPU actor on the head node)."""
 
     def __init__(self):
         self._events: list = []

@@ -125,33 +125,49 @@ def test_local_executor_never_imports_ray():
     assert res.stdout.split() == ["local", "False"]
 
 
-def test_stage_cache_same_key_from_concurrent_writers(tmp_path):
-    """Nodes sharing a cache may fill the same entry at once: every writer gets an intact entry."""
+def test_stage_cache_same_key_from_concurrent_writers(tmp_path, caplog):
+    """Nodes sharing a cache may fill the same entry at once: every writer gets an intact entry,
+    a reader never sees a partial one nor removes a good one, no temp folder is left."""
     from embedc.build.cache import StageCache
 
     cache = StageCache(tmp_path / "stages")
-    start = threading.Barrier(6)
-    results, errors = [], []
+    writers, rounds = 6, 4
+    results, errors, seen = [], [], []
+    stop = threading.Event()
 
-    def fill(tmp):
-        (tmp / "model.bin").write_bytes(b"x" * 100_000)
-        start.wait()  # every writer renames at about the same moment
+    def reader():
+        while not stop.is_set():
+            for r in range(rounds):
+                hit = cache.lookup("artifact", f"{r:032d}")
+                if hit is not None:
+                    seen.append((hit / "model.bin").stat().st_size)
 
-    def writer():
+    def writer(barrier, key):
+        def fill(tmp):
+            (tmp / "model.bin").write_bytes(b"x" * 100_000)
+            barrier.wait()  # every writer renames at about the same moment
         try:
-            results.append(cache.store("artifact", "k" * 32, {}, fill))
+            results.append(cache.store("artifact", key, {}, fill))
         except Exception as exc:  # noqa: BLE001
             errors.append(exc)
 
-    threads = [threading.Thread(target=writer) for _ in range(6)]
-    for t in threads:
+    readers = [threading.Thread(target=reader) for _ in range(2)]
+    for t in readers:
         t.start()
-    for t in threads:
+    for r in range(rounds):
+        barrier = threading.Barrier(writers)
+        threads = [threading.Thread(target=writer, args=(barrier, f"{r:032d}")) for _ in range(writers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    stop.set()
+    for t in readers:
         t.join()
-    assert not errors and len(results) == 6
-    assert cache.lookup("artifact", "k" * 32) is not None
-    leftovers = [p.name for p in (tmp_path / "stages" / "artifact").iterdir() if p.name != "k" * 32]
-    assert leftovers == []
+    assert not errors and len(results) == writers * rounds
+    assert all(cache.lookup("artifact", f"{r:032d}") is not None for r in range(rounds))
+    assert set(seen) <= {100_000} and "corrupt" not in caplog.text
+    assert sorted(p.name for p in (tmp_path / "stages" / "artifact").iterdir()) == [f"{r:032d}" for r in range(rounds)]
 
 
 def test_dry_run_shows_each_pairs_resources_with_the_ray_executor(toy_model, tmp_path):
@@ -162,3 +178,36 @@ def test_dry_run_shows_each_pairs_resources_with_the_ray_executor(toy_model, tmp
     assert plan["spec"]["executor"]["kind"] == "ray"
     res = {e["stage"]: e.get("resources") for e in plan["plan"] if e["stage"].startswith("compile")}
     assert res == {"compile fake-cpu/fp32": "CPU 1", "compile fake-gpu/fp32": "CPU 1, intel_gpu 1"}
+
+
+def test_scaling_projection_is_a_list_schedule():
+    """benchmarks/ray_scaling.py: pairs on N workers, a model's pairs ready after its driver stages."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "ray_scaling.py"
+    spec = importlib.util.spec_from_file_location("ray_scaling", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.project([10, 10, 10], 0, 1, 1) == 30 and mod.project([10, 10, 10], 0, 1, 4) == 10
+    assert mod.project([10, 10, 10], 5, 2, 16) == 20                  # model 2's pairs wait for its export
+    assert mod.project([10], 0, 1, 1, overhead_s=0.5, first_import_s=2) == 12.5
+    assert mod.project([7, 5, 4, 3, 1], 0, 1, 2) == 10                # longest first: 7+3 | 5+4+1
+
+
+def test_a_node_that_cannot_see_the_stage_cache_says_so_in_one_line(tmp_path):
+    from embedc.build.artifact_job import ArtifactJob
+    from embedc.build.ray_executor import localize
+    from embedc.errors import ArtifactError
+
+    missing = tmp_path / "not-mounted"
+    job = ArtifactJob(target=get_target("ort-cpu"), precision="fp32", options={}, key="k", cache_root=str(missing),
+                      work_root=str(missing / "work"), export_dir=str(missing / "export" / "e"), ref_meta={},
+                      calibration=(), length_stats={}, eval_texts=(), eval_ids=(), eval_langs=(), eval_kinds=(),
+                      eval_lengths=(), reference_file=str(missing / "reference" / "r" / "embeddings.npy"),
+                      eval_max_length=32, calib_max_length=32, summary={}, style={}, source={},
+                      source_dir=str(missing))
+    with pytest.raises(ArtifactError) as info:
+        localize(job, {"hostname": "worker-7"})
+    assert "not visible on node worker-7" in str(info.value) and "[executor] cache" in str(info.value)
+    assert "\n" not in str(info.value)
