@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-AR = {"iters": 200, "nsamples": 128, "seqlen": 64}
+AR = {"iters": 50, "nsamples": 64, "seqlen": 64}
 
 # variant -> [(target, int4 options)]
 VARIANTS: dict[str, list[tuple[str, dict]]] = {
@@ -36,6 +36,8 @@ VARIANTS: dict[str, list[tuple[str, dict]]] = {
     "gptq-inc": [(t, {"algorithm": "gptq-inc", "nsamples": 128, "seqlen": 64})
                  for t in ("ort-cpu-avx2", "openvino-cpu", "tensorrt-sm90")],
     "autoround": [(t, {"algorithm": "autoround", **AR}) for t in ("ort-cpu-avx2", "openvino-cpu", "tensorrt-sm90")],
+    # AutoRound's own int_sym (scale +-amax/8, negative scales): ORT and OpenVINO only
+    "autoround-fr": [(t, {"algorithm": "autoround", **AR, "full_range": True}) for t in ("ort-cpu-avx2", "openvino-cpu")],
 }
 
 
