@@ -385,3 +385,38 @@ def test_int8_and_ubinary_in_usearch(outputs_build):
     assert np.asarray(idx["int8_docs"]).dtype == np.int8
     rep16 = client.report(enc, docs[:60], queries[:10], dims=16)
     assert rep16["bytes_per_vector"] == {"f32": 64, "i8": 16, "b1": 2}
+
+
+# ---- pplx-embed: its native outputs by default ------------------------------------------------------
+def test_pplx_build_emits_native_int8_and_binary(tmp_path):
+    """A pplx-embed (bidirectional_pplx_qwen3) artifact carries ``pooler_output_int8`` (tanh) and
+    ``pooler_output_binary`` without being asked, computed from ``pooler_output`` as pplx does."""
+    import onnx
+
+    import embedc
+    from embedc.artifact import read_meta
+    from embedc.build.pipeline import build
+    from embedc.spec import BuildSpec, CalibrationSpec, MatrixEntry, ModelSpec
+
+    spec = BuildSpec(model=ModelSpec(name="random-tiny-pplx"),
+                     calibration=CalibrationSpec(calib_per_lang=1, eval_per_lang=2, max_length=32, eval_max_length=64,
+                                                 long_per_lang=0),
+                     matrix=(MatrixEntry("ort-cpu", ("fp32",)),), out=str(tmp_path / "pplx"),
+                     outputs=OutputsSpec(gates={"*": ""}))
+    result = build(spec, cache_dir=tmp_path / "cache")
+    a = result.artifacts[0]
+    assert a.status == "pass", a.error
+    folder = result.out / a.path
+    meta = read_meta(folder)
+    co = meta["compressed_outputs"]
+    assert [(o["name"], o["dtype"], o["scheme"], o["source"]) for o in co["outputs"]] == [
+        ("pooler_output_int8", "int8", "tanh", "pooler_output"), ("pooler_output_binary", "int8", None, "pooler_output")]
+    assert co["warnings"] == [] and co["untrained"] == [] and "calibration" not in co  # tanh needs no ranges
+    graph = onnx.load(str(folder / meta["model_file"]), load_external_data=False).graph
+    elem = {o.name: o.type.tensor_type.elem_type for o in graph.output}
+    assert elem["pooler_output_int8"] == onnx.TensorProto.INT8 == elem["pooler_output_binary"]
+    assert co["formula_check"]["pooler_output_binary"]["exact"]
+    enc = embedc.load(folder)
+    q = enc.encode(["hello", "world"], output="int8")
+    assert q.dtype == np.int8 and q.shape == (2, 64)
+    assert set(np.unique(enc.encode(["hello"], output="binary"))) <= {-1, 1}
