@@ -6,7 +6,8 @@ measured scheduling overhead, projected wall time for many models on N nodes.
     # 2. scheduling overhead on a local Ray cluster (head + one worker node, 1 CPU each)
     python benchmarks/ray_scaling.py overhead -o overhead.json
     # 3. projection: 10 models on 1, 4, 16 nodes
-    python benchmarks/ray_scaling.py project pairs.json overhead.json --models 10 --nodes 1 4 16
+    python benchmarks/ray_scaling.py project overhead.json pairs.json [more-pairs.json] --models 10 --nodes 1 4 16 \
+        --matrix embedc.toml
 
 The projection is a list schedule (longest pair first) of every model's pairs
 onto ``nodes x slots`` workers, each pair costing its measured seconds plus the
@@ -259,8 +260,8 @@ def main(argv=None) -> None:
     b.add_argument("-n", type=int, default=50)
     b.add_argument("-o", "--out")
     c = sub.add_parser("project")
-    c.add_argument("pairs")
     c.add_argument("overhead")
+    c.add_argument("pairs", nargs="+", help="one or more 'pairs' outputs (merged; a stage's cost: its largest)")
     c.add_argument("--models", type=int, default=10)
     c.add_argument("--nodes", type=int, nargs="*", default=[1, 4, 16])
     c.add_argument("--slots", type=int, default=1, help="pairs at once per node (1 on a 2-core node)")
@@ -275,7 +276,10 @@ def main(argv=None) -> None:
     elif args.cmd == "overhead":
         measure_overhead(args.out, args.n)
     else:
-        pairs = json.loads(Path(args.pairs).read_text())
+        runs = [json.loads(Path(f).read_text()) for f in args.pairs]
+        pairs = {"pairs": [p for r in runs for p in r["pairs"]],
+                 **{k: {s: max(r[k].get(s, 0) for r in runs) for s in ("export", "reference")}
+                    for k in ("stages", "stages_cpu")}}
         overhead = json.loads(Path(args.overhead).read_text())
         _write(project_table(pairs, overhead, args.models, args.nodes, args.slots, args.cost, args.matrix), args.out)
 
