@@ -212,7 +212,7 @@ def plan_heads(o: OutputsSpec, *, model_type: str, width: int, graph_outputs) ->
                         f"of width {width} that was not trained for Matryoshka truncation: see the retrieval "
                         "numbers before serving it")
     if trained and trained.get("matryoshka"):
-        small = [d for d in dims_list if d < trained.get("min_dims", 0)]
+        small = [d for d in dims_list if d < min(trained.get("min_dims", 0), width)]
         if small:
             warnings.append(f"dims {small} are below the {trained['min_dims']} the model was trained for")
     return heads, warnings
