@@ -48,6 +48,7 @@ INSTALL_HINT = "pip install 'embedc[ray]'"
 SHARED_FIELDS = ("ref_meta", "calibration", "length_stats", "eval_texts", "eval_ids", "eval_langs", "eval_kinds",
                  "eval_lengths", "summary", "style", "source")
 POLL_S = 0.25
+LATE = "start reported with the result"
 NODE_CHECK_S = 2.0
 
 
@@ -73,6 +74,7 @@ class RayExecutor:
         self.ray = require_ray()
         self.events: list[tuple[str, str, dict | None]] = []
         self._progress_lost = False
+        self._take = None
 
     # ---- cluster ---------------------------------------------------------------------------------
     def _connect(self) -> bool:
@@ -232,7 +234,7 @@ class RayExecutor:
             log.error("%s: %s", job.name, outcome.error)
         if info["started"] is None:  # its start report is still on the way
             info["attempts"] += 1
-            self._event("started", job.name, node, f"attempt {info['attempts']}")
+            self._event("started", job.name, node, f"attempt {info['attempts']}, {LATE}")
         info["node"] = node
         self._event("finished", job.name, node, outcome.status.upper() + (" (cached)" if outcome.cached else "")
                     + f" in {outcome.seconds:.1f} s")
@@ -243,12 +245,19 @@ class RayExecutor:
         names = {j.name: i for i, j in enumerate(jobs)}
         if self._progress_lost:
             return
+        if self._take is None:
+            self._take = progress.take.remote()
+        ready, _ = self.ray.wait([self._take], timeout=0)   # never block: a busy cluster answers later
+        if not ready:
+            return
         try:
-            started = self.ray.get(progress.take.remote(), timeout=30)
+            started = self.ray.get(self._take)
         except Exception as exc:  # noqa: BLE001 - progress is informative: the build goes on without it
             log.warning("progress reports lost (%s); pairs still finish and say where", type(exc).__name__)
             self._progress_lost = True
             return
+        finally:
+            self._take = None
         for name, node in started:
             i = names.get(name)
             if i is None or i not in info or info[i].get("done"):
@@ -276,7 +285,7 @@ class RayExecutor:
         where = f" on {_node_words(node)}" if node else ""
         log.info("%s: %s%s%s", name, event, where, f" ({detail})" if detail else "")
         if self.on_event is not None:
-            self.on_event(event, name, node)
+            self.on_event(event, name, node, detail)
 
 
 _EMPTY = {"ref_meta": {}, "calibration": (), "length_stats": {}, "eval_texts": (), "eval_ids": (), "eval_langs": (),

@@ -211,3 +211,14 @@ def test_a_node_that_cannot_see_the_stage_cache_says_so_in_one_line(tmp_path):
         localize(job, {"hostname": "worker-7"})
     assert "not visible on node worker-7" in str(info.value) and "[executor] cache" in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_ray_address_precedence(monkeypatch):
+    """--ray-address, then the spec's address, then RAY_ADDRESS (no cluster is contacted here)."""
+    pytest.importorskip("ray")
+    from embedc.build.ray_executor import RayExecutor
+
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.9:6379")
+    assert RayExecutor(ExecutorSpec(kind="ray")).address == "10.0.0.9:6379"
+    assert RayExecutor(ExecutorSpec(kind="ray", address="10.0.0.1:6379")).address == "10.0.0.1:6379"
+    assert RayExecutor(ExecutorSpec(kind="ray", address="10.0.0.1:6379"), address="h:1").address == "h:1"

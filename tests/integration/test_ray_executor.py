@@ -23,7 +23,7 @@ ray = pytest.importorskip("ray")
 
 from embedc.artifact import read_meta, sha256_file  # noqa: E402
 from embedc.build.pipeline import build  # noqa: E402
-from embedc.build.ray_executor import RayExecutor  # noqa: E402
+from embedc.build.ray_executor import LATE, RayExecutor  # noqa: E402
 from embedc.build.resources import request_for, unmet  # noqa: E402
 from embedc.spec import BuildSpec, CalibrationSpec, ExecutorSpec, MatrixEntry, ModelSpec  # noqa: E402
 from embedc.targets.registry import get_target  # noqa: E402
@@ -119,7 +119,7 @@ def test_ray_build_equals_local_build_and_runs_each_pair_where_its_hardware_is(c
         assert node["node_id"] in totals and unmet(need, totals[node["node_id"]]) == [], a.name
         if a.target == "ort-cpu-avx512-vnni":
             assert node["node_id"] == worker.node_id and node["resources"]["cpu_vnni"] == 1.0
-        seen = [e for e, name, _ in events if name == a.name]
+        seen = [e[0] for e in events if e[1] == a.name]
         assert seen == ["scheduled", "started", "finished"], (a.name, seen)
         assert read_meta(result.out / a.path)["built_on"]["node_id"] == node["node_id"]
 
@@ -178,8 +178,8 @@ def test_killed_worker_pairs_rerun_elsewhere_or_fail_in_one_line(cluster, local_
     before = (out / "manifest.json").read_text()
     killed, seen_at_kill = [], []
 
-    def on_event(event, name, node):
-        if event == "started" and node and node["node_id"] == worker.node_id and not killed:
+    def on_event(event, name, node, detail=""):
+        if event == "started" and node and node["node_id"] == worker.node_id and not killed and LATE not in detail:
             killed.append(name)
             seen_at_kill.append((out / "manifest.json").read_text())
             c.remove_node(worker, allow_graceful=False)   # SIGKILL: the raylet and its workers
