@@ -38,6 +38,8 @@ VARIANTS: dict[str, list[tuple[str, dict]]] = {
     "autoround": [(t, {"algorithm": "autoround", **AR}) for t in ("ort-cpu-avx2", "openvino-cpu", "tensorrt-sm90")],
     # AutoRound's own int_sym (scale +-amax/8, negative scales): ORT and OpenVINO only
     "autoround-fr": [(t, {"algorithm": "autoround", **AR, "full_range": True}) for t in ("ort-cpu-avx2", "openvino-cpu")],
+    # the earlier session's setting: full range, 200 iterations (ORT only: minutes per 50 iterations here)
+    "autoround-fr200": [("ort-cpu-avx2", {"algorithm": "autoround", **AR, "iters": 200, "full_range": True})],
 }
 
 

@@ -72,7 +72,7 @@ def compile_context(tiny_reference, tiny_tokenizer, tiny_splits, tmp_path):
 # residual stream), so any quantization scores cosine 1.0 on it. Its copy with every Linear weight
 # x10 makes the layers matter: INT8 then scores ~0.9998, INT4 0.986-0.999, and INT8 weights rounded
 # to 4-bit resolution 0.947 (tests/unit/test_target_*.py hold the floors and that check).
-LINEAR_WEIGHT_SCALE = 10.0
+from helpers import LINEAR_WEIGHT_SCALE  # noqa: E402  (also read by tests that scale a torch model)
 
 
 @pytest.fixture(scope="session")

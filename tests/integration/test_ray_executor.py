@@ -160,12 +160,14 @@ def test_unschedulable_pair_is_one_line_and_the_rest_builds(cluster, local_build
     errors = [ln for ln in r.output.splitlines() if ln.startswith("error:")]
     assert r.exit_code == 1 and len(errors) == 1, r.output
     assert "ort-cpu-arm64/fp32: unschedulable" in errors[0] and "cpu_arm64" in errors[0]
-    manifest = json.loads((out / "manifest.json").read_text())
+    failed = out.parent / "b.failed"   # a failing build reports beside <out> and never creates <out>
+    assert not out.exists()
+    manifest = json.loads((failed / "manifest.json").read_text())
     by_name = {a["name"]: a for a in manifest["artifacts"]}
     assert by_name["ort-cpu/fp32"]["status"] == "pass" and by_name["ort-cpu/fp32"]["cached"]
     arm = by_name["ort-cpu-arm64/fp32"]
     assert arm["status"] == "error" and arm["error"].startswith("unschedulable") and "\n" not in arm["error"]
-    assert not (out / "ort-cpu-arm64").exists()
+    assert not (failed / "ort-cpu-arm64").exists()
 
 
 def test_killed_worker_pairs_rerun_elsewhere_or_fail_in_one_line(cluster, local_build, tmp_path):
@@ -202,14 +204,16 @@ def test_killed_worker_pairs_rerun_elsewhere_or_fail_in_one_line(cluster, local_
         assert a.status == "pass" and a.node["node_id"] in head, (name, a.error)
     if killed[0].startswith("ort-cpu/"):
         assert by_name[killed[0]].node["node_id"] != worker.node_id   # run again on the head
-    # the gathered build is whole and consistent: every kept file matches its manifest hash, no half-written pair
-    manifest = json.loads((out / "manifest.json").read_text())
+    # the gathered build is whole and consistent: every kept file matches its manifest hash, no half-written
+    # pair; as a failed build it goes to <out>.failed and the previous build stays untouched
+    failed = out.parent / "build.failed"
+    assert (out / "manifest.json").read_text() == before
+    manifest = json.loads((failed / "manifest.json").read_text())
     assert manifest["verdict"] == "error" and len(manifest["artifacts"]) == 3
     for entry in manifest["artifacts"]:
         if entry["status"] == "pass":
             for f in entry["files"]:
-                assert sha256_file(out / entry["path"] / f["path"]) == f["sha256"]
+                assert sha256_file(failed / entry["path"] / f["path"]) == f["sha256"]
         else:
-            assert entry["path"] is None and not (out / entry["name"]).exists()
-    assert not (out / "ort-cpu-avx512-vnni" / "int8-dynamic").exists()   # the previous build's pairs are gone
-    assert sorted(p.name for p in out.parent.iterdir()) == ["build", "stages"]   # no temp folders left
+            assert entry["path"] is None and not (failed / entry["name"]).exists()
+    assert sorted(p.name for p in out.parent.iterdir()) == ["build", "build.failed", "stages"]   # no temp folders

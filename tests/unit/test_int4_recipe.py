@@ -28,7 +28,7 @@ def _scaled_torch(tiny_source):
     import torch
 
     from embedc.families import load_embedder
-    from conftest import LINEAR_WEIGHT_SCALE
+    from helpers import LINEAR_WEIGHT_SCALE
 
     embedder, tokenizer, _ = load_embedder(tiny_source)
     with torch.no_grad():
