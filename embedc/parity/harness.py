@@ -11,16 +11,36 @@ from ..calibration.feeds import encode_batch, token_lengths
 EmbedFn = Callable[[dict[str, np.ndarray]], np.ndarray]
 
 
+# Long inputs run in smaller batches: attention holds batch x heads x length^2 scores per layer
+# (16 x 9 x 2048^2 x 4 B = 2.4 GB for SmolLM2 at 2,048 tokens). Up to 512 tokens the batches are
+# the plain batch_size ones (16 x 512 = 8,192 tokens).
+TOKEN_BUDGET = 8192
+
+
+def length_batches(lengths: Sequence[int], batch_size: int, token_budget: int = TOKEN_BUDGET) -> list[np.ndarray]:
+    """Indices sorted by token length, cut into batches of at most ``batch_size``
+    texts and at most ``token_budget`` padded tokens (a longer text runs alone)."""
+    order = np.argsort(np.asarray(lengths), kind="stable")
+    batches, cur = [], []
+    for i in order:
+        longest = int(lengths[i])  # ascending: the newcomer is the longest of the batch
+        if cur and (len(cur) >= batch_size or (len(cur) + 1) * longest > token_budget):
+            batches.append(np.asarray(cur))
+            cur = []
+        cur.append(int(i))
+    if cur:
+        batches.append(np.asarray(cur))
+    return batches
+
+
 def embed_texts(embed: EmbedFn, tokenizer, texts: Sequence[str], *, input_names: Sequence[str],
                 max_length: int, batch_size: int = 16) -> np.ndarray:
     """Sort by token length (less padding), run in batches, restore input order."""
     texts = list(texts)
     if not texts:
         raise ValueError("no texts to embed")
-    order = np.argsort(token_lengths(tokenizer, texts, max_length), kind="stable")
     out: np.ndarray | None = None
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
+    for idx in length_batches(token_lengths(tokenizer, texts, max_length), batch_size):
         feeds = encode_batch(tokenizer, [texts[i] for i in idx], input_names=input_names, max_length=max_length)
         emb = np.asarray(embed(feeds), dtype=np.float32)
         if out is None:

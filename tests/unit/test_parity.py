@@ -368,3 +368,21 @@ def test_table_and_raise_if_failed(split, rng):
 
     passing = [o for o in outcomes if o.passed]
     raise_if_failed("e5-small/ort-int8-static", passing)  # no failures: no exception
+
+
+def test_length_batches_cap_padded_tokens_for_long_inputs():
+    from embedc.parity.harness import TOKEN_BUDGET, length_batches
+
+    rng = np.random.default_rng(0)
+    short = rng.integers(1, 513, size=100)
+    plain = np.argsort(short, kind="stable")
+    got = length_batches(short, 16)
+    # up to 512 tokens: the plain sorted batches of 16
+    assert [b.tolist() for b in got] == [plain[i:i + 16].tolist() for i in range(0, 100, 16)]
+    long = np.concatenate([short, rng.integers(1500, 2049, size=20), [9000]])
+    batches = length_batches(long, 16)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(len(long)))
+    for b in batches:
+        assert len(b) <= 16
+        assert len(b) == 1 or len(b) * long[b].max() <= TOKEN_BUDGET   # a text over the budget runs alone
+    assert any(len(b) == 4 and long[b].max() > 1500 for b in batches)
