@@ -19,7 +19,7 @@ import json
 from typing import Any
 
 from ..errors import ModelSourceError
-from ..models.loading import max_sequence_length, weights_format
+from ..models.loading import loadable_weights_format, max_sequence_length
 from .base import POOLED_OUTPUT, SENTENCE_OUTPUT, TOKEN_OUTPUT, ModelAdapter, ModelFamily, Pooling, register_family
 from .decoder_config import (ARCHITECTURES, PPLX_TYPE, attention_mode, build_hf_config, check_config, model_class,
                              read_embedc_model)
@@ -104,13 +104,7 @@ def load_own_torch(source, config: dict):
             torch.manual_seed(seed)
             model = cls(hf_config)
         return model.float().eval()
-    fmt = weights_format(source.path)
-    if fmt == "none":
-        raise ModelSourceError(f"{source.path} has no model weights (no *.safetensors)",
-                               "pass a folder with model.safetensors")
-    if fmt == "pickle" and not source.allow_pickle:
-        raise ModelSourceError(f"{source.path} has only pickle-format weights (*.bin), which can run code on load",
-                               "convert them to safetensors, or pass --allow-pickle if you trust the source")
+    fmt = loadable_weights_format(source)
     try:
         model, info = cls.from_pretrained(str(source.path), config=hf_config, dtype=torch.float32,
                                           use_safetensors=fmt == "safetensors", output_loading_info=True)

@@ -43,6 +43,20 @@ def weights_format(path: Path) -> str:
     return "none"
 
 
+def loadable_weights_format(source: ModelSource) -> str:
+    """``weights_format`` of a source, refusing a folder without weights, and
+    pickle weights (which can run code on load) unless ``--allow-pickle``."""
+    path = source.path
+    fmt = weights_format(path)
+    if fmt == "none":
+        raise ModelSourceError(f"{path} has no model weights (no *.safetensors)",
+                               "pass a folder with model.safetensors")
+    if fmt == "pickle" and not source.allow_pickle:
+        raise ModelSourceError(f"{path} has only pickle-format weights (*.bin), which can run code on load",
+                               "convert them to safetensors, or pass --allow-pickle if you trust the source")
+    return fmt
+
+
 def max_sequence_length(config: dict, tokenizer) -> int:
     """The model's own maximum tokens: position table (minus RoBERTa's padding
     offset) and the tokenizer's model_max_length, whichever is smaller."""
@@ -69,13 +83,7 @@ def load_hf_model(source: ModelSource, *, pooling_layer: bool | None = None, mod
             torch.manual_seed(seed)
             model = cls.from_config(config, attn_implementation="eager")
         return model.float().eval()
-    fmt = weights_format(path)
-    if fmt == "none":
-        raise ModelSourceError(f"{path} has no model weights (no *.safetensors)",
-                               "pass a folder with model.safetensors")
-    if fmt == "pickle" and not source.allow_pickle:
-        raise ModelSourceError(f"{path} has only pickle-format weights (*.bin), which can run code on load",
-                               "convert them to safetensors, or pass --allow-pickle if you trust the source")
+    fmt = loadable_weights_format(source)
     kwargs = dict(attn_implementation="eager", dtype=torch.float32, use_safetensors=fmt == "safetensors",
                   trust_remote_code=source.trust_remote_code)
     try:
