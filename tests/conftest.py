@@ -14,9 +14,23 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory):
-    """Tests never read or write the user's ~/.cache/embedc (unless EMBEDC_CACHE is set)."""
+    """Tests never read or write the user's ~/.cache/embedc (unless EMBEDC_CACHE is set).
+    The pytest-xdist workers of one run share one cache (the stage cache is safe for
+    concurrent writers), so a stage one worker computed is served to the other."""
     if "EMBEDC_CACHE" not in os.environ:
-        os.environ["EMBEDC_CACHE"] = str(tmp_path_factory.mktemp("embedc-cache"))
+        base = tmp_path_factory.getbasetemp()
+        root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base   # the run's folder, above gw0/gw1
+        cache = root / "embedc-cache"
+        cache.mkdir(exist_ok=True)
+        os.environ["EMBEDC_CACHE"] = str(cache)
+
+
+@pytest.fixture(scope="session")
+def stage_cache(_isolated_cache) -> Path:
+    """The run's shared stage cache (what a build with no cache_dir uses): real-model tests whose
+    assertions do not depend on what is already cached build through it, so the tiny model's
+    export and reference are computed once per run."""
+    return Path(os.environ["EMBEDC_CACHE"]) / "stages"
 
 
 @pytest.fixture(scope="session")

@@ -37,6 +37,7 @@ import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from ..errors import CorpusError, UsageError
 from .corpus import KINDS, UNDETERMINED, Sample
@@ -50,6 +51,7 @@ DEFAULT_MIN_LANGUAGES = 2
 _SPACES = re.compile(r"\s+")
 
 
+@lru_cache(maxsize=1 << 17)  # make_splits keys every corpus text, and a process often splits one corpus twice
 def normalize_text(text: str) -> str:
     """The comparison key for "same text": NFKC, casefolded, spaces collapsed."""
     return _SPACES.sub(" ", unicodedata.normalize("NFKC", text)).casefold().strip()

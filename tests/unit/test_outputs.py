@@ -239,10 +239,10 @@ def _spec(out, **outputs):
 
 
 @pytest.fixture(scope="module")
-def outputs_build(tmp_path_factory):
+def outputs_build(tmp_path_factory, stage_cache):
     from embedc.build.pipeline import build
 
-    cache = tmp_path_factory.mktemp("outputs-cache")
+    cache = stage_cache
     out = tmp_path_factory.mktemp("ob") / "build"
     return build(_spec(out), cache_dir=cache), cache
 

@@ -25,12 +25,7 @@ PAIRS = ["ort-cpu/fp32", "ort-cpu/int8-dynamic", "openvino-cpu/fp32", "openvino-
 
 
 @pytest.fixture(scope="module")
-def st_cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("st-cache")
-
-
-@pytest.fixture(scope="module")
-def st_build(tmp_path_factory, st_cache):
+def st_build(tmp_path_factory, stage_cache):
     """A real build of ORT and OpenVINO artifacts (the pipeline writes the ST files)."""
     from embedc.build.pipeline import build
     from embedc.spec import BuildSpec, CalibrationSpec, MatrixEntry, ModelSpec
@@ -40,7 +35,7 @@ def st_build(tmp_path_factory, st_cache):
                      matrix=(MatrixEntry("ort-cpu", ("fp32", "int8-dynamic")),
                              MatrixEntry("openvino-cpu", ("fp32", "int8-weights"))),
                      out=str(tmp_path_factory.mktemp("st") / "build"))
-    result = build(spec, cache_dir=st_cache)
+    result = build(spec, cache_dir=stage_cache)
     assert [a.status for a in result.artifacts] == ["pass"] * len(PAIRS)
     return result.out
 
@@ -52,10 +47,10 @@ def _st_model(folder: Path, load: dict):
 
 
 @pytest.mark.parametrize("pair", PAIRS[2:])
-def test_runtime_load_reproduces_recorded_parity_of_openvino_artifacts(st_build, st_cache, pair):
+def test_runtime_load_reproduces_recorded_parity_of_openvino_artifacts(st_build, stage_cache, pair):
     from helpers import assert_load_reproduces_parity
 
-    assert_load_reproduces_parity(st_build / pair, st_cache)
+    assert_load_reproduces_parity(st_build / pair, stage_cache)
 
 
 @pytest.mark.parametrize("pair", PAIRS)
