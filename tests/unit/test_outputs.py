@@ -242,9 +242,8 @@ def _spec(out, **outputs):
 def outputs_build(tmp_path_factory, stage_cache):
     from embedc.build.pipeline import build
 
-    cache = stage_cache
     out = tmp_path_factory.mktemp("ob") / "build"
-    return build(_spec(out), cache_dir=cache), cache
+    return build(_spec(out), cache_dir=stage_cache), stage_cache
 
 
 def test_build_records_outputs(outputs_build):
