@@ -5,7 +5,7 @@ embeddings (calibrated on the same calibration split).
 
     nice -n 10 .venv/bin/python benchmarks/compressed_outputs.py \
         [-m multilingual-e5-small] [-t ort-cpu-avx2] [-p int8-static] [--out artifacts/compressed] \
-        [--markdown benchmarks/compressed_outputs.md]
+        [--binary-scheme sign|centered] [--eval-max-length N] [--markdown benchmarks/compressed_outputs.md]
 
 Everything is judged on the build's held-out evaluation split (queries vs
 passages, 38 languages pooled) against the torch FP32 full-width ranking:
@@ -33,6 +33,10 @@ def main() -> None:
     ap.add_argument("-p", "--precision", default="int8-static")
     ap.add_argument("--dims", default="256,128")
     ap.add_argument("--formats", default="float32,int8,int8-tanh,ubinary")
+    ap.add_argument("--binary-scheme", default="sign", choices=("sign", "centered"),
+                    help="binary/ubinary bits: the sign, or the sign around the calibration mean")
+    ap.add_argument("--eval-max-length", type=int, default=None,
+                    help="cap the evaluation texts (tokens), as `embedc build --eval-max-length` does")
     ap.add_argument("--out", default=None)
     ap.add_argument("--markdown", default=None)
     ap.add_argument("--json", default=None)
@@ -48,14 +52,15 @@ def main() -> None:
     from embedc.outputs.spec import Head, OutputsSpec, parse_dims, parse_formats
     from embedc.parity.reference import reference_embeddings
     from embedc.runtime.encoder import load
-    from embedc.spec import BuildSpec, MatrixEntry, ModelSpec
+    from embedc.spec import BuildSpec, CalibrationSpec, MatrixEntry, ModelSpec
 
     t0 = time.time()
     out = Path(a.out or f"artifacts/compressed/{a.model}")
     # full width too: the int8 / ubinary outputs at the model's width
     spec = BuildSpec(model=ModelSpec(name=a.model), matrix=(MatrixEntry(a.target, (a.precision,)),), out=str(out),
-                     gates={"*": ""} if False else {},
-                     outputs=OutputsSpec(formats=parse_formats(a.formats), dims=(), gates={"*": ""}))
+                     calibration=CalibrationSpec(eval_max_length=a.eval_max_length),
+                     outputs=OutputsSpec(formats=parse_formats(a.formats), dims=(), gates={"*": ""},
+                                         binary_scheme=a.binary_scheme))
     # resolve the width first, then ask for full width + the requested dims
     p = stages.prepare(spec, force=True)
     width = p.adapter.hidden_size
@@ -139,7 +144,8 @@ def main() -> None:
             source="sentence-transformers quantize_embeddings (torch FP32)")
     info = {"model": a.model, "artifact": f"{a.target}/{a.precision}", "queries": int(len(q_idx)),
             "passages": int(len(p_idx)), "languages": len(set(langs.tolist())), "width": width,
-            "calibration_texts": len(calib_texts), "seconds": round(time.time() - t0, 1),
+            "calibration_texts": len(calib_texts), "eval_max_length": p.eval_max_length,
+            "seconds": round(time.time() - t0, 1),
             "formula_check": co["formula_check"], "warnings": co["warnings"]}
     text = render(info, rows)
     print(text)

@@ -40,6 +40,20 @@ VARIANTS: dict[str, list[tuple[str, dict]]] = {
     "autoround-fr": [(t, {"algorithm": "autoround", **AR, "full_range": True}) for t in ("ort-cpu-avx2", "openvino-cpu")],
     # the earlier session's setting: full range, 200 iterations (ORT only: minutes per 50 iterations here)
     "autoround-fr200": [("ort-cpu-avx2", {"algorithm": "autoround", **AR, "iters": 200, "full_range": True})],
+    # the same weights, the word-embedding table kept FP32 / 8-bit / 4-bit in blocks of 32:
+    # how much of the loss is the table's 4-bit rounding (the weights stage is reused)
+    "autoround-fr200-table-fp32": [("ort-cpu-avx2", {"algorithm": "autoround", **AR, "iters": 200, "full_range": True,
+                                                     "quantize_embedding": False})],
+    "autoround-fr200-table-8bit": [("ort-cpu-avx2", {"algorithm": "autoround", **AR, "iters": 200, "full_range": True,
+                                                     "embedding_bits": 8})],
+    "autoround-fr200-table-b32": [("ort-cpu-avx2", {"algorithm": "autoround", **AR, "iters": 200, "full_range": True,
+                                                    "embedding_block_size": 32})],
+    # the same weights, the six FFN output (down) projections at 8 bits (AutoRound takes named layers only)
+    "autoround-fr200-ffn-down-8bit": [("ort-cpu-avx2", {"algorithm": "autoround", **AR, "iters": 200,
+                                                        "full_range": True, "exclude": ["layer.*.output.dense"]})],
+    # more calibration for AutoRound's rounding: 128 windows of 128 tokens
+    "autoround-fr200-n128": [("ort-cpu-avx2", {"algorithm": "autoround", **AR, "iters": 200, "full_range": True,
+                                               "nsamples": 128, "seqlen": 128})],
 }
 
 

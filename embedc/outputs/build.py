@@ -88,7 +88,7 @@ def prepare_job(pl: OutputsPlan, spec, *, export_dir: Path, ref_meta: dict, cali
 
     sources = sorted({h.source for h in pl.heads} | {SENTENCE})
     ranges = {}
-    if any(h.calibrated for h in pl.heads):
+    if any(h.needs_calibration for h in pl.heads):
         sess = _session(export_dir, ref_meta)
         names = [i.name for i in sess.get_inputs()]
         rows = {s: [] for s in sources}
@@ -97,7 +97,8 @@ def prepare_job(pl: OutputsPlan, spec, *, export_dir: Path, ref_meta: dict, cali
             for s, a in zip(sources, got):
                 rows[s].append(a)
         ranges = formulas.compute_ranges(pl.heads, {s: np.concatenate(v) for s, v in rows.items()})
-        log.info("outputs: int8 ranges from %d calibration texts through the FP32 export", len(calibration))
+        log.info("outputs: int8 ranges / binary centres from %d calibration texts through the FP32 export",
+                 len(calibration))
     work_root = Path(work_root)
     eval_files = {SENTENCE: str(reference_file)}  # the torch FP32 reference (normalized)
     if POOLED in sources:

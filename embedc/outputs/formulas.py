@@ -10,7 +10,8 @@ binary / ubinary, within one int8 step for int8).
   ``((v - lo) / step - 128).astype(int8)``: it truncates toward zero and wraps
   out-of-range values around; here values round and saturate)
 - int8 tanh (pplx-embed): ``clip(round(127 * tanh(v)), -128, 127)``
-- binary: ``+1 if v >= 0 else -1`` as int8; ubinary: ``np.packbits(v >= 0)``
+- binary: ``+1 if v >= 0 else -1`` as int8; ubinary: ``np.packbits(v >= 0)``; the centered
+  scheme compares ``v - mean`` instead, ``mean`` per dimension from the calibration split
 Rounding is half to even (``np.round`` and ONNX ``Round`` agree)."""
 from __future__ import annotations
 
@@ -34,11 +35,21 @@ def steps(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
                       np.float32(1e-12)).astype(np.float32)
 
 
+def _centre(head: Head, v: np.ndarray, ranges: dict | None) -> np.ndarray:
+    """``v`` minus the head's calibration mean (centered binary); ``v`` otherwise."""
+    if not head.centered:
+        return v
+    if ranges is None or head.name not in ranges:
+        raise ValueError(f"centered binary output {head.name} needs its calibration mean")
+    return (v - np.asarray(ranges[head.name]["mean"], np.float32)).astype(np.float32)
+
+
 def apply(head: Head, src: np.ndarray, ranges: dict | None = None) -> np.ndarray:
     """The head's output for float source vectors ``src`` (batch, width)."""
     v = truncate(head, src)
     if head.format == "float32":
         return v
+    v = _centre(head, v, ranges)
     if head.format == "binary":
         return np.where(v >= 0, 1, -1).astype(np.int8)
     if head.format == "ubinary":
@@ -70,25 +81,29 @@ def dequantize(head: Head, q: np.ndarray, ranges: dict | None = None) -> np.ndar
     return (np.asarray(q, np.float32) + 128) * steps(lo, ranges[head.name]["hi"]) + lo
 
 
-def reference_space(head: Head, src: np.ndarray) -> np.ndarray:
+def reference_space(head: Head, src: np.ndarray, ranges: dict | None = None) -> np.ndarray:
     """The float vector that ``dequantize`` approximates, from float source vectors."""
     v = truncate(head, src)
     if head.format == "int8" and head.scheme == "tanh":
         return np.tanh(v)
     if head.format in ("binary", "ubinary"):
-        return np.where(v >= 0, 1.0, -1.0).astype(np.float32)
+        return np.where(_centre(head, v, ranges) >= 0, 1.0, -1.0).astype(np.float32)
     return v
 
 
 def compute_ranges(heads, sources: dict[str, np.ndarray]) -> dict:
-    """Per-dimension min/max of each calibrated head's truncated vector on the
-    calibration split (``sources``: graph output name -> (n, width))."""
+    """Per-dimension min/max (calibrated int8) or mean (centered binary) of each
+    head's truncated vector on the calibration split (``sources``: graph output
+    name -> (n, width))."""
     out = {}
     for h in heads:
         if h.calibrated:
             v = truncate(h, sources[h.source])
             out[h.name] = {"lo": [float(x) for x in v.min(axis=0)], "hi": [float(x) for x in v.max(axis=0)],
                            "n": int(v.shape[0])}
+        elif h.centered:
+            v = truncate(h, sources[h.source])
+            out[h.name] = {"mean": [float(x) for x in v.mean(axis=0, dtype=np.float64)], "n": int(v.shape[0])}
     return out
 
 

@@ -65,6 +65,8 @@ def _head_nodes(graph, head: Head, src: str, ranges: dict | None) -> None:
         b.node("Identity", [v], out=head.name)
         return
     if head.format in ("binary", "ubinary"):
+        if head.centered:
+            v = b.node("Sub", [v, b.const("mean", np.asarray(ranges[head.name]["mean"], np.float32))])
         bits = b.node("Cast", [b.node("GreaterOrEqual", [v, b.const("zero", np.array(0.0, np.float32))])],
                       to=TensorProto.FLOAT)
         if head.format == "binary":

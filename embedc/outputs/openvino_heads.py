@@ -26,6 +26,8 @@ def _head(ops, src, head: Head, ranges: dict | None):
     if head.format == "float32":
         return v
     if head.format in ("binary", "ubinary"):
+        if head.centered:
+            v = ops.subtract(v, np.asarray(ranges[head.name]["mean"], f32))
         bits = ops.convert(ops.greater_equal(v, np.array(0.0, f32)), "f32")
         if head.format == "binary":
             return ops.convert(ops.subtract(ops.multiply(bits, np.array(2.0, f32)), np.array(1.0, f32)), "i8")

@@ -101,7 +101,7 @@ def judge(heads: list[Head], outputs: dict[str, np.ndarray], *, ref_emb: np.ndar
                          lang_cosine_worst=min(per_lang, key=per_lang.get),
                          cosine_space="tanh(v) vs q/127" if h.scheme == "tanh" else "dequantized vs float")
         else:
-            want = formulas.apply(h, ref_sources[h.source])
+            want = formulas.apply(h, ref_sources[h.source], ranges)
             same = np.asarray(out) == np.asarray(want)
             entry["bit_agreement" if h.format == "ubinary" else "sign_agreement"] = float(
                 np.unpackbits(np.bitwise_not(np.bitwise_xor(out, want)), axis=1)[:, :h.dims].mean()

@@ -17,6 +17,10 @@ from ..errors import SpecError
 
 FORMATS = ("float32", "int8", "int8-tanh", "binary", "ubinary")
 INT8_SCHEMES = ("calibrated", "tanh")
+# binary / ubinary: the sign of each component ("sign"), or of its distance from the
+# per-dimension mean of the calibration split ("centered": anisotropic models such as e5,
+# whose components share a sign across most texts, keep far more ranking in their bits)
+BINARY_SCHEMES = ("sign", "centered")
 SENTENCE = "sentence_embedding"
 POOLED = "pooler_output"
 
@@ -36,11 +40,12 @@ DEFAULT_RESCORE_MULTIPLIER = 4
 class OutputsSpec:
     """``[outputs]``: formats (empty: the model's default, none for most models),
     dims (empty: the model's width), the int8 scheme (None: the model's own,
-    else calibrated), rescoring depth and gates (``{format: "metric>=x,..."}``)."""
+    else calibrated), the binary scheme (sign or centered), rescoring depth and gates (``{format: "metric>=x,..."}``)."""
 
     formats: tuple[str, ...] = ()
     dims: tuple[int, ...] = ()
     int8_scheme: str | None = None
+    binary_scheme: str = "sign"
     rescore_multiplier: int = DEFAULT_RESCORE_MULTIPLIER
     gates: dict = field(default_factory=dict)
 
@@ -56,7 +61,7 @@ class Head:
 
     name: str
     format: str           # float32 | int8 | binary | ubinary
-    scheme: str | None    # int8: calibrated | tanh
+    scheme: str | None    # int8: calibrated | tanh; binary/ubinary: None (sign) | centered
     dims: int
     width: int            # the model's embedding width
     source: str           # graph output it reads: sentence_embedding | pooler_output
@@ -78,6 +83,15 @@ class Head:
     @property
     def calibrated(self) -> bool:
         return self.format == "int8" and self.scheme == "calibrated"
+
+    @property
+    def centered(self) -> bool:
+        return self.format in ("binary", "ubinary") and self.scheme == "centered"
+
+    @property
+    def needs_calibration(self) -> bool:
+        """Its constants (int8 ranges, binary centre) come from the calibration split."""
+        return self.calibrated or self.centered
 
     def to_dict(self) -> dict:
         return {**asdict(self), "dtype": self.dtype, "shape": self.shape, "bytes_per_vector": self.bytes_per_vector}
@@ -126,6 +140,8 @@ def check(o: OutputsSpec) -> OutputsSpec:
     parse_dims(o.dims)
     if o.int8_scheme is not None and o.int8_scheme not in INT8_SCHEMES:
         raise SpecError(f"unknown int8 scheme {o.int8_scheme!r}", f"use one of {', '.join(INT8_SCHEMES)}")
+    if o.binary_scheme not in BINARY_SCHEMES:
+        raise SpecError(f"unknown binary scheme {o.binary_scheme!r}", f"use one of {', '.join(BINARY_SCHEMES)}")
     if o.int8_scheme == "tanh" and "int8" in o.formats and "int8-tanh" in o.formats:
         raise SpecError("outputs list int8 with int8_scheme = 'tanh' and int8-tanh: the same output twice",
                         "drop int8-tanh, or set int8_scheme = 'calibrated' to get both schemes")
@@ -150,7 +166,7 @@ def from_table(data) -> OutputsSpec:
     """The spec file's ``[outputs]`` table."""
     if not isinstance(data, dict):
         raise SpecError("spec key 'outputs' must be a table", 'e.g. [outputs] formats = ["int8", "ubinary"]')
-    known = {"formats", "dims", "int8_scheme", "rescore_multiplier", "gates"}
+    known = {"formats", "dims", "int8_scheme", "binary_scheme", "rescore_multiplier", "gates"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise SpecError(f"unknown spec key 'outputs.{unknown[0]}'", f"valid keys: {', '.join(sorted(known))}")
@@ -159,7 +175,7 @@ def from_table(data) -> OutputsSpec:
         raise SpecError("spec key 'outputs.gates' must map a format to a gate string",
                         'e.g. gates = {int8 = "rescored_top10>=0.95"}')
     return check(OutputsSpec(formats=parse_formats(data.get("formats", ())), dims=parse_dims(data.get("dims", ())),
-                             int8_scheme=data.get("int8_scheme"),
+                             int8_scheme=data.get("int8_scheme"), binary_scheme=data.get("binary_scheme", "sign"),
                              rescore_multiplier=data.get("rescore_multiplier", DEFAULT_RESCORE_MULTIPLIER),
                              gates=dict(gates)))
 
@@ -191,7 +207,8 @@ def plan_heads(o: OutputsSpec, *, model_type: str, width: int, graph_outputs) ->
             if f == "ubinary" and d % 8:
                 raise SpecError(f"ubinary packs 8 dimensions per byte: dims {d} is not a multiple of 8",
                                 "use dims divisible by 8")
-            fmt, sch, suffix = f, None, f
+            centered = f in ("binary", "ubinary") and o.binary_scheme == "centered"
+            fmt, sch, suffix = f, ("centered" if centered else None), (f"{f}_centered" if centered else f)
             if f in ("int8", "int8-tanh"):
                 fmt, sch = "int8", ("tanh" if f == "int8-tanh" else scheme)
                 suffix = "int8_tanh" if f == "int8-tanh" else "int8"

@@ -50,6 +50,34 @@ def test_formulas_each_format():
     assert formulas.apply(h["sentence_embedding_int8"], x * 10, ranges).min() == -128
 
 
+def test_centered_binary_takes_the_sign_around_the_calibration_mean():
+    rng = np.random.default_rng(2)
+    offset = rng.normal(0, 1, 32).astype(np.float32)        # anisotropic: every vector shares a direction
+    calib = offset + rng.normal(0, 0.3, (200, 32)).astype(np.float32)
+    x = offset + rng.normal(0, 0.3, (40, 32)).astype(np.float32)
+    heads, _ = plan_heads(OutputsSpec(formats=("binary", "ubinary"), binary_scheme="centered"),
+                          model_type="xlm-roberta", width=32, graph_outputs=("sentence_embedding",))
+    b, ub = heads
+    assert (b.name, b.scheme, ub.name) == ("sentence_embedding_binary_centered", "centered",
+                                           "sentence_embedding_ubinary_centered")
+    ranges = formulas.compute_ranges(heads, {"sentence_embedding": calib})
+    mean = calib.mean(axis=0)
+    assert np.allclose(ranges[b.name]["mean"], mean, atol=1e-6) and ranges[ub.name]["n"] == 200
+    assert formulas.apply(b, x, ranges).tolist() == np.where(x - mean >= 0, 1, -1).tolist()
+    assert (formulas.apply(ub, x, ranges) == np.packbits(x - mean >= 0, axis=1)).all()
+    with pytest.raises(ValueError, match="needs its calibration mean"):
+        formulas.apply(ub, x)
+    # why it exists: plain sign bits of anisotropic vectors mostly agree (little ranking left in them)
+    sign = Head("s", "ubinary", None, 32, 32, "sentence_embedding", False)
+    def neighbour_agreement(h, r):
+        d = formulas.hamming(formulas.apply(h, x, r), formulas.apply(h, x, r)).astype(float)
+        np.fill_diagonal(d, np.inf)
+        c = (x - mean) @ (x - mean).T
+        np.fill_diagonal(c, -np.inf)
+        return float((d.argmin(axis=1) == c.argmax(axis=1)).mean())
+    assert neighbour_agreement(ub, ranges) > neighbour_agreement(sign, None) + 0.2
+
+
 def test_calibrated_int8_matches_sentence_transformers_within_one_step():
     st = pytest.importorskip("sentence_transformers.util.quantization")
     rng = np.random.default_rng(1)
@@ -76,7 +104,10 @@ def test_spec_errors_are_one_line():
     with pytest.raises(SpecError, match="unknown output gate metric"):
         from_table({"formats": ["int8"], "gates": {"int8": "recall>=0.9"}})
     o = from_table({"formats": "int8,ubinary", "dims": [256, 128], "int8_scheme": "calibrated"})
-    assert o.formats == ("int8", "ubinary") and o.dims == (256, 128)
+    assert o.formats == ("int8", "ubinary") and o.dims == (256, 128) and o.binary_scheme == "sign"
+    assert from_table({"formats": ["ubinary"], "binary_scheme": "centered"}).binary_scheme == "centered"
+    with pytest.raises(SpecError, match="unknown binary scheme 'mean'"):
+        from_table({"formats": ["ubinary"], "binary_scheme": "mean"})
 
 
 def test_spec_file_and_cli_produce_outputs(tmp_path):
@@ -132,13 +163,17 @@ def _check_heads(got: dict, heads, ranges):
 
 @pytest.fixture(scope="module")
 def head_plan(tiny_reference, tiny_tokenizer, tiny_splits):
-    """Heads for the tiny model (width 32) and ranges from its export on calibration texts."""
+    """Heads for the tiny model (width 32; every format, binary in both schemes) and ranges
+    from its export on calibration texts."""
     import onnxruntime as ort
 
     from embedc.artifact import read_meta
     from embedc.calibration import PromptStyle, tokenize_batches
 
     heads, _ = _heads()
+    centered, _ = plan_heads(OutputsSpec(formats=("binary", "ubinary"), dims=(32, 16), binary_scheme="centered"),
+                             model_type="xlm-roberta", width=32, graph_outputs=("sentence_embedding",))
+    heads += centered
     meta = read_meta(tiny_reference)
     sess = ort.InferenceSession(str(tiny_reference / meta["model_file"]), providers=["CPUExecutionProvider"])
     style = PromptStyle(meta["prefixes"]["query"], meta["prefixes"]["passage"])
