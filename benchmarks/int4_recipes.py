@@ -29,6 +29,9 @@ AR = {"iters": 50, "nsamples": 64, "seqlen": 64}
 # variant -> [(target, int4 options)]
 VARIANTS: dict[str, list[tuple[str, dict]]] = {
     "default": [("ort-cpu-avx2", {}), ("openvino-cpu", {}), ("tensorrt-sm90", {})],
+    # ORT's own int4 on the decoder target (no ISA setting there)
+    "default-ort-cpu": [("ort-cpu", {})],
+    "autoround-ort-cpu": [("ort-cpu", {"algorithm": "autoround", **AR})],
     "spec-tuned": [("ort-cpu-avx2", {"is_symmetric": False, "block_size": 16, "auto_exclude": 18})],
     "rtn": [("ort-cpu-avx2", {"algorithm": "rtn"}), ("tensorrt-sm90", {"algorithm": "rtn"})],
     "hqq": [("ort-cpu-avx2", {"algorithm": "hqq"})],
@@ -57,14 +60,20 @@ VARIANTS: dict[str, list[tuple[str, dict]]] = {
 }
 
 
-def run_variant(model: str, name: str, cache: Path) -> list[dict]:
+def run_variant(model: str, name: str, cache: Path, *, targets: set[str] | None = None,
+                eval_max_length: int | None = None) -> list[dict]:
     from embedc.build.pipeline import build
     from embedc.spec import spec_from_dict
 
-    entries = VARIANTS[name]
+    entries = [(t, o) for t, o in VARIANTS[name] if targets is None or t in targets]
+    if not entries:
+        return []
+    calibration = {"corpus": "default", "calib_per_lang": 8, "eval_per_lang": 16, "seed": 0}
+    if eval_max_length:
+        calibration["eval_max_length"] = eval_max_length
     spec = spec_from_dict({
         "model": {"name": model},
-        "calibration": {"corpus": "default", "calib_per_lang": 8, "eval_per_lang": 16, "seed": 0},
+        "calibration": calibration,
         "matrix": [{"target": t, "precisions": ["int4"], "options": {"int4": o}} for t, o in entries],
         "gates": {"int4": "mean>=0.0"},
         "out": str(Path(tempfile.mkdtemp(prefix=f"int4-{name}-")) / "build"),
@@ -74,7 +83,7 @@ def run_variant(model: str, name: str, cache: Path) -> list[dict]:
     rows = []
     for o in result.artifacts:
         if o.status == "error":
-            rows.append({"variant": name, "target": o.target, "error": o.error})
+            rows.append({"variant": name, "model": model, "target": o.target, "error": o.error})
             continue
         m = o.meta
         par, rec = m["parity"], m["recipe"]
@@ -82,7 +91,8 @@ def run_variant(model: str, name: str, cache: Path) -> list[dict]:
         worst = min(langs.items(), key=lambda kv: kv[1]["mean"]) if langs else ("-", {"mean": float("nan")})
         w = rec.get("int4_weights") or {}
         ref_bytes = _reference_bytes(result.out)
-        rows.append({"variant": name, "target": o.target, "options": rec.get("options"),
+        rows.append({"variant": name, "model": model, "eval_max_length": eval_max_length,
+                     "target": o.target, "options": rec.get("options"),
                      "mean": par["mean"], "min": par["min"], "worst_language": worst[0],
                      "worst_language_mean": worst[1]["mean"], "model_bytes": m["model_bytes"],
                      "size_pct": round(100 * m["model_bytes"] / ref_bytes, 1) if ref_bytes else None,
@@ -98,15 +108,15 @@ def _reference_bytes(build_out: Path) -> int:
 
 
 def markdown(rows: list[dict]) -> str:
-    head = ("| recipe | target | mean | min | worst language | size % FP32 | compile s | int4 weights s |\n"
-            "|---|---|---|---|---|---|---|---|")
+    head = ("| model | recipe | target | mean | min | worst language | size % FP32 | compile s | int4 weights s |\n"
+            "|---|---|---|---|---|---|---|---|---|")
     out = [head]
     for r in rows:
         if "error" in r:
-            out.append(f"| {r['variant']} | {r['target']} | error: {r['error'][:80]} | | | | | |")
+            out.append(f"| {r.get('model', '-')} | {r['variant']} | {r['target']} | error: {r['error'][:80]} | | | | | |")
             continue
         ws = "-" if r["weights_seconds"] is None else f"{r['weights_seconds']:.0f}" + (" (reused)" if r["weights_reused"] else "")
-        out.append(f"| {r['variant']} | {r['target']} | {r['mean']:.4f} | {r['min']:.4f} | "
+        out.append(f"| {r.get('model', 'all-minilm-l6-v2')} | {r['variant']} | {r['target']} | {r['mean']:.4f} | {r['min']:.4f} | "
                    f"{r['worst_language']} {r['worst_language_mean']:.4f} | {r['size_pct']} | "
                    f"{r['compile_seconds']:.0f} | {ws} |")
     return "\n".join(out)
@@ -118,6 +128,8 @@ def main() -> None:
     ap.add_argument("--variants", default="autoround,gptq-inc,default,rtn,hqq")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "int4_recipes.json")
     ap.add_argument("--cache", type=Path, default=None, help="stage cache (default: embedc's own)")
+    ap.add_argument("--targets", default=None, help="only these targets of each variant (comma-separated)")
+    ap.add_argument("--eval-max-length", type=int, default=None, help="cap the evaluation texts (tokens)")
     ap.add_argument("--md", action="store_true", help="print the table of --out and exit")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -130,9 +142,12 @@ def main() -> None:
         from embedc.models.cache import cache_root
 
         cache = cache_root() / "stages"
+    targets = set(args.targets.split(",")) if args.targets else None
     for name in args.variants.split(","):
-        rows = run_variant(args.model, name, cache)
-        done = [r for r in done if r["variant"] != name] + rows
+        rows = run_variant(args.model, name, cache, targets=targets, eval_max_length=args.eval_max_length)
+        got = {(r["target"]) for r in rows}
+        done = [r for r in done if not (r["variant"] == name and r.get("model", "all-minilm-l6-v2") == args.model
+                                        and r["target"] in got)] + rows
         args.out.write_text(json.dumps(done, indent=1))
     print(markdown(done))
 

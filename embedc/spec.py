@@ -12,7 +12,7 @@ Spec file layout (every key optional except what a build needs)::
     [gates]        int8 = "mean>=0.995,min>=0.98"   ("*", a family or a precision -> gates)
     [gates.models."all-minilm-l6-v2"]  int8 = "mean>=0.99"   (only when that model is built)
     [bench]        enabled, threads, batch_size, repeats
-    [outputs]      formats = ["int8", "ubinary"], dims = [256], int8_scheme, rescore_multiplier, gates
+    [outputs]      formats = ["int8", "ubinary"], dims = [256], int8_scheme, binary_scheme, rescore_multiplier, gates
                    (compressed output embeddings in the graph: embedc/outputs/)
     [executor]     kind ("local" | "ray"), address, cache (a shared stage-cache path), pair_timeout_s,
                    schedule_timeout_s, max_retries, cpus_per_pair, hardware ("required" | "any")
