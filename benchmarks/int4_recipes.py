@@ -54,6 +54,18 @@ VARIANTS: dict[str, list[tuple[str, dict]]] = {
     # the same weights, the six FFN output (down) projections at 8 bits (AutoRound takes named layers only)
     "autoround-fr200-ffn-down-8bit": [("ort-cpu-avx2", {"algorithm": "autoround", **AR, "iters": 200,
                                                         "full_range": True, "exclude": ["layer.*.output.dense"]})],
+    # the same weights, MatMulNBits computing in FP32 (accuracy_level 0) instead of with int8 activations (4)
+    "autoround-fr200-acc0": [("ort-cpu-avx2", {"algorithm": "autoround", **AR, "iters": 200, "full_range": True,
+                                               "accuracy_level": 0})],
+    "default-acc0": [("ort-cpu-avx2", {"accuracy_level": 0})],
+    # the same weights, ~40% of the Linear weights at 8 bits (what an 18% size budget allows)
+    "autoround-fr200-attn-8bit": [("ort-cpu-avx2", {"algorithm": "autoround", **AR, "iters": 200, "full_range": True,
+                                                    "exclude": ["attention"]})],
+    "autoround-fr200-ffn-up-8bit": [("ort-cpu-avx2", {"algorithm": "autoround", **AR, "iters": 200,
+                                                      "full_range": True, "exclude": ["intermediate.dense"]})],
+    # control: layers 0-4 at 8 bits and the table FP32 (only layer 5 in 4 bits)
+    "autoround-fr200-l5-only": [("ort-cpu-avx2", {"algorithm": "autoround", **AR, "iters": 200, "full_range": True,
+                                                   "exclude": ["layer.0", "layer.1", "layer.2", "layer.3", "layer.4"], "quantize_embedding": False})],
     # more calibration for AutoRound's rounding: 128 windows of 128 tokens
     "autoround-fr200-n128": [("ort-cpu-avx2", {"algorithm": "autoround", **AR, "iters": 200, "full_range": True,
                                                "nsamples": 128, "seqlen": 128})],
