@@ -54,7 +54,7 @@ def run_bench(artifacts: list[Path], *, model: str | None = None, threads: int |
               batch_size: int = 32, repeats: int = 5, max_length: int = 256,
               extra: list[dict] | None = None) -> dict:
     """Benchmark torch FP32 (baseline) and each artifact. ``extra`` adds subjects like
-    {"name", "kind": "onnx-file", "path", "tokenizer", "size_mb"}."""
+    {"name", "kind": "onnx-file", "path", "tokenizer", "size_mb", "pooling": "mean"|"last"}."""
     threads = threads or os.cpu_count() or 1
     if model is None:
         model = read_meta(artifacts[0])["model"]["path"] if artifacts else None
@@ -85,7 +85,8 @@ def run_bench(artifacts: list[Path], *, model: str | None = None, threads: int |
         for e in extra or []:
             log.info("bench: %s", e["name"])
             rows.append({"name": e["name"], **_run(["--kind", e["kind"], "--tokenizer", e["tokenizer"],
-                                                     "--path", e["path"]], **common), "size_mb": e["size_mb"]})
+                                                     "--pooling", e.get("pooling", "mean"), "--path", e["path"]],
+                                                    **common), "size_mb": e["size_mb"]})
     base_tp = rows[0]["throughput"] if rows and rows[0]["name"] == "torch-fp32" else None
     base_sz = rows[0]["size_mb"] if base_tp else None
     for r in rows:

@@ -34,8 +34,15 @@ def _artifact_subject(path: str, threads: int):
     return enc._runner.embed, enc.tokenizer, enc.input_names
 
 
-def _onnx_file_subject(path: str, threads: int, tokenizer_dir: str):
-    """A plain ONNX file with a token_embeddings/last_hidden_state output (e.g. sentence-transformers' export)."""
+def last_token_index(mask: np.ndarray) -> np.ndarray:
+    """Index of each row's last real token, whichever side the padding is on."""
+    return mask.shape[1] - 1 - np.argmax(mask[:, ::-1] > 0, axis=1)
+
+
+def _onnx_file_subject(path: str, threads: int, tokenizer_dir: str, pooling: str = "mean"):
+    """A plain ONNX file with a token_embeddings/last_hidden_state output (sentence-transformers'
+    or optimum-cli's export), pooled (mean, or the last real token) and normalized here
+    (``position_ids``, which optimum's decoder exports take, come from the shared feed builder)."""
     import onnxruntime as ort
 
     from ..models import load_tokenizer
@@ -48,8 +55,11 @@ def _onnx_file_subject(path: str, threads: int, tokenizer_dir: str):
 
     def embed(feeds):
         hidden = sess.run(None, {n: feeds[n] for n in names})[0]
-        mask = feeds["attention_mask"][..., None].astype(np.float32)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clip(min=1e-9)
+        if pooling == "last":
+            pooled = hidden[np.arange(len(hidden)), last_token_index(feeds["attention_mask"])]
+        else:
+            mask = feeds["attention_mask"][..., None].astype(np.float32)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clip(min=1e-9)
         return pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
 
     return embed, tok, names
@@ -60,6 +70,7 @@ def main() -> None:
     ap.add_argument("--kind", choices=["torch", "artifact", "onnx-file"], required=True)
     ap.add_argument("--path", required=True)
     ap.add_argument("--tokenizer", default=None)
+    ap.add_argument("--pooling", choices=["mean", "last"], default="mean", help="onnx-file subjects")
     ap.add_argument("--threads", type=int, required=True)
     ap.add_argument("--texts", required=True, help="JSON file: {queries: [...], passages: [...]}")
     ap.add_argument("--batch-size", type=int, default=32)
@@ -74,7 +85,7 @@ def main() -> None:
     elif args.kind == "artifact":
         embed, tok, names = _artifact_subject(args.path, args.threads)
     else:
-        embed, tok, names = _onnx_file_subject(args.path, args.threads, args.tokenizer)
+        embed, tok, names = _onnx_file_subject(args.path, args.threads, args.tokenizer, args.pooling)
     load_s = time.perf_counter() - t0
 
     from ..calibration.feeds import encode_batch
