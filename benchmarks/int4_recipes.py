@@ -124,11 +124,13 @@ def markdown(rows: list[dict]) -> str:
             "|---|---|---|---|---|---|---|---|---|")
     out = [head]
     for r in rows:
+        model = r.get("model", "all-minilm-l6-v2")  # rows written before the model was recorded
         if "error" in r:
-            out.append(f"| {r.get('model', '-')} | {r['variant']} | {r['target']} | error: {r['error'][:80]} | | | | | |")
+            out.append(f"| {model} | {r['variant']} | {r['target']} | error: {r['error'][:80]} | | | | | |")
             continue
-        ws = "-" if r["weights_seconds"] is None else f"{r['weights_seconds']:.0f}" + (" (reused)" if r["weights_reused"] else "")
-        out.append(f"| {r.get('model', 'all-minilm-l6-v2')} | {r['variant']} | {r['target']} | {r['mean']:.4f} | {r['min']:.4f} | "
+        ws = "-" if r["weights_seconds"] is None else (f"{r['weights_seconds']:.0f}"
+                                                       + (" (reused)" if r["weights_reused"] else ""))
+        out.append(f"| {model} | {r['variant']} | {r['target']} | {r['mean']:.4f} | {r['min']:.4f} | "
                    f"{r['worst_language']} {r['worst_language_mean']:.4f} | {r['size_pct']} | "
                    f"{r['compile_seconds']:.0f} | {ws} |")
     return "\n".join(out)

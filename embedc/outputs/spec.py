@@ -40,7 +40,8 @@ DEFAULT_RESCORE_MULTIPLIER = 4
 class OutputsSpec:
     """``[outputs]``: formats (empty: the model's default, none for most models),
     dims (empty: the model's width), the int8 scheme (None: the model's own,
-    else calibrated), the binary scheme (sign or centered), rescoring depth and gates (``{format: "metric>=x,..."}``)."""
+    else calibrated), the binary scheme (sign or centered), rescoring depth
+    and gates (``{format: "metric>=x,..."}``)."""
 
     formats: tuple[str, ...] = ()
     dims: tuple[int, ...] = ()
