@@ -194,6 +194,11 @@ class ModelFamily(ABC):
         side). Decoders derive position ids from the mask here, inside the
         exported graph, so every family takes the same two inputs."""
 
+    def model_inputs(self, model: torch.nn.Module, attention_mask: torch.Tensor, adapter: ModelAdapter) -> dict:
+        """Keyword inputs besides ``input_ids`` that make ``model`` run in the family's attention
+        mode for a 2-D padding mask (``hidden_states`` and torch calibration both use them)."""
+        return {"attention_mask": attention_mask}
+
     def export_onnx(self, embedder: Any, tokenizer: Any, path: Path, *, opset: int, external_data: bool) -> None:
         """Write the ONNX graph of ``embedder`` (a ``SentenceEmbedder``) to
         ``path``. The default is the dynamo exporter; a family overrides this

@@ -70,12 +70,14 @@ class DecoderFamily(ModelFamily):
             return load_remote_torch(source)
         return load_own_torch(source, config)
 
-    def hidden_states(self, model, input_ids, attention_mask, adapter: ModelAdapter):
+    def model_inputs(self, model, attention_mask, adapter: ModelAdapter) -> dict:
         if getattr(model, REMOTE_ATTR, False):  # their code, called the way sentence-transformers does
-            return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+            return {"attention_mask": attention_mask, "use_cache": False}
         mask_4d, position_ids = attention_inputs(attention_mask, adapter.attention, model.dtype)
-        return model(input_ids=input_ids, attention_mask=mask_4d, position_ids=position_ids,
-                     use_cache=False).last_hidden_state
+        return {"attention_mask": mask_4d, "position_ids": position_ids, "use_cache": False}
+
+    def hidden_states(self, model, input_ids, attention_mask, adapter: ModelAdapter):
+        return model(input_ids=input_ids, **self.model_inputs(model, attention_mask, adapter)).last_hidden_state
 
     def prepare_tokenizer(self, tokenizer: Any, adapter: ModelAdapter | None = None) -> Any:
         """Decoder tokenizers often lack a pad token: pad with EOS (attention

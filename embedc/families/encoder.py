@@ -23,7 +23,7 @@ class EncoderFamily(ModelFamily):
         return load_hf_model(source, pooling_layer=False)
 
     def hidden_states(self, model, input_ids, attention_mask, adapter: ModelAdapter):
-        return model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return model(input_ids=input_ids, **self.model_inputs(model, attention_mask, adapter)).last_hidden_state
 
 
 ENCODER = register_family(EncoderFamily())

@@ -14,7 +14,7 @@ from .compute import Int4Settings, compute_int4, library_names, require, save_la
 
 log = logging.getLogger("embedc")
 STAGE = "int4"
-CODE = ("int4/compute.py", "int4/stage.py")
+CODE = ("int4/compute.py", "int4/stage.py", "families/*.py")  # families: the calibration forward
 INFO = "int4.json"
 
 
@@ -75,6 +75,26 @@ def source_loader(source) -> Callable[[], tuple]:
     def load():
         from ..families import load_embedder
 
-        embedder, tokenizer, _ = load_embedder(source)
-        return embedder.encoder, tokenizer
+        embedder, tokenizer, adapter = load_embedder(source)
+        return calibration_forward(embedder.encoder, embedder.family, adapter), tokenizer
     return load
+
+
+def calibration_forward(model, family, adapter):
+    """``model`` (the HF body) with its forward running in the family's attention mode.
+    AutoRound and neural-compressor call ``model(input_ids=..., attention_mask=<2-D>)``;
+    a bidirectional decoder (pplx-embed, smollm2-135m-bidir) would otherwise calibrate on
+    causal activations that the artifact never computes. The instance's ``forward`` is
+    replaced (module names, config and weights stay as they are)."""
+    import torch
+
+    inner = model.forward
+
+    def forward(input_ids=None, attention_mask=None, **kwargs):
+        mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+        for key in ("position_ids", "use_cache"):
+            kwargs.pop(key, None)
+        return inner(input_ids=input_ids, **kwargs, **family.model_inputs(model, mask, adapter))
+
+    model.forward = forward
+    return model

@@ -262,3 +262,28 @@ def test_artifact_job_hands_backends_the_cached_stage(monkeypatch, tmp_path):
     assert seen["export_key"] == "abc123" and seen["calibration_hash"] == "c0ffee" and seen["feeds"] == ("feed",)
     assert seen["settings"] == Int4Settings() and callable(seen["load_model"])
     assert seen["cache"].root == tmp_path
+
+
+@pytest.mark.parametrize("model, bidirectional", [("random-tiny-pplx", True), ("random-tiny-qwen3-embedding", False)])
+def test_torch_calibration_runs_the_decoder_in_its_attention_mode(model, bidirectional):
+    """AutoRound and neural-compressor call the HF body with a 2-D mask: the loader makes that call
+    run the way the artifact runs (a bidirectional decoder's first token sees the last one)."""
+    import torch
+
+    from embedc.families import load_embedder
+    from embedc.int4.stage import source_loader
+    from embedc.models import resolve_model
+
+    source = resolve_model(model)
+    hf, _ = source_loader(source)()
+    ids = torch.tensor([[11, 12, 13, 14, 15, 16]])
+    other = ids.clone()
+    other[0, -1] = 17
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        first = hf(input_ids=ids, attention_mask=mask).last_hidden_state
+        second = hf(input_ids=other, attention_mask=mask).last_hidden_state
+        embedder, _, adapter = load_embedder(source)
+        want = embedder.family.hidden_states(embedder.encoder, ids, mask, adapter)
+    torch.testing.assert_close(first, want)     # exactly what export and reference compute
+    assert (not torch.allclose(first[0, 0], second[0, 0])) == bidirectional
