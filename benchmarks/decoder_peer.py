@@ -32,19 +32,14 @@ REPO = Path(__file__).resolve().parent.parent
 NO_GATES = "mean>=0,p01>=0,min>=0,lang_mean>=0,top10_overlap>=0,top1_agreement>=0"
 
 
-def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a / np.linalg.norm(a, axis=1, keepdims=True)
-    b = b / np.linalg.norm(b, axis=1, keepdims=True)
-    return (a * b).sum(axis=1)
+def _parity(emb: np.ndarray, ref: np.ndarray, data) -> dict:
+    """The build's own parity metrics (embedc.parity.compute_parity) for a peer's embeddings."""
+    from embedc.parity.metrics import compute_parity
 
-
-def _parity(emb: np.ndarray, ref: np.ndarray, langs) -> dict:
-    cos = _cosines(emb.astype(np.float64), ref.astype(np.float64))
-    langs = np.asarray(langs, dtype=object)
-    per = {str(lang): float(cos[langs == lang].mean()) for lang in sorted(set(langs.tolist()))}
-    worst = min(per, key=per.get)
-    return {"mean": float(cos.mean()), "p01": float(np.percentile(cos, 1)), "min": float(cos.min()),
-            "worst_language": worst, "worst_language_mean": per[worst]}
+    r = compute_parity(ref, emb, ids=list(data.eval_ids), langs=list(data.eval_langs), kinds=list(data.eval_kinds))
+    worst = min(r.languages, key=lambda lang: r.languages[lang].mean)
+    return {"mean": r.mean, "p01": r.p01, "min": r.min, "worst_language": worst,
+            "worst_language_mean": r.languages[worst].mean}
 
 
 def _size_mb(path: Path) -> float:
@@ -158,7 +153,7 @@ def main() -> None:
 
         emb = run_texts(run, p.tokenizer, data.eval_texts, input_names=names, max_length=p.eval_max_length,
                         names=["e"])["e"]
-        rows.append({"path": "peer", "name": label, **_parity(emb, ref, data.eval_langs),
+        rows.append({"path": "peer", "name": label, **_parity(emb, ref, data),
                      "size_mb": _size_mb(path)})
 
     bench = run_bench(artifacts, model=str(source), threads=a.threads, batch_size=32, max_length=a.bench_length,

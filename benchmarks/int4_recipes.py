@@ -25,6 +25,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 AR = {"iters": 50, "nsamples": 64, "seqlen": 64}
+# AutoRound's own int_sym grid (full range, negative scales; ORT/OpenVINO only) at 200 iterations
+FR200 = {"algorithm": "autoround", **AR, "iters": 200, "full_range": True}
 
 # variant -> [(target, int4 options)]
 VARIANTS: dict[str, list[tuple[str, dict]]] = {
@@ -42,33 +44,25 @@ VARIANTS: dict[str, list[tuple[str, dict]]] = {
     # AutoRound's own int_sym (scale +-amax/8, negative scales): ORT and OpenVINO only
     "autoround-fr": [(t, {"algorithm": "autoround", **AR, "full_range": True}) for t in ("ort-cpu-avx2", "openvino-cpu")],
     # the earlier session's setting: full range, 200 iterations (ORT only: minutes per 50 iterations here)
-    "autoround-fr200": [("ort-cpu-avx2", {"algorithm": "autoround", **AR, "iters": 200, "full_range": True})],
+    "autoround-fr200": [("ort-cpu-avx2", FR200)],
     # the same weights, the word-embedding table kept FP32 / 8-bit / 4-bit in blocks of 32:
     # how much of the loss is the table's 4-bit rounding (the weights stage is reused)
-    "autoround-fr200-table-fp32": [("ort-cpu-avx2", {"algorithm": "autoround", **AR, "iters": 200, "full_range": True,
-                                                     "quantize_embedding": False})],
-    "autoround-fr200-table-8bit": [("ort-cpu-avx2", {"algorithm": "autoround", **AR, "iters": 200, "full_range": True,
-                                                     "embedding_bits": 8})],
-    "autoround-fr200-table-b32": [("ort-cpu-avx2", {"algorithm": "autoround", **AR, "iters": 200, "full_range": True,
-                                                    "embedding_block_size": 32})],
+    "autoround-fr200-table-fp32": [("ort-cpu-avx2", {**FR200, "quantize_embedding": False})],
+    "autoround-fr200-table-8bit": [("ort-cpu-avx2", {**FR200, "embedding_bits": 8})],
+    "autoround-fr200-table-b32": [("ort-cpu-avx2", {**FR200, "embedding_block_size": 32})],
     # the same weights, the six FFN output (down) projections at 8 bits (AutoRound takes named layers only)
-    "autoround-fr200-ffn-down-8bit": [("ort-cpu-avx2", {"algorithm": "autoround", **AR, "iters": 200,
-                                                        "full_range": True, "exclude": ["layer.*.output.dense"]})],
+    "autoround-fr200-ffn-down-8bit": [("ort-cpu-avx2", {**FR200, "exclude": ["layer.*.output.dense"]})],
     # the same weights, MatMulNBits computing in FP32 (accuracy_level 0) instead of with int8 activations (4)
-    "autoround-fr200-acc0": [("ort-cpu-avx2", {"algorithm": "autoround", **AR, "iters": 200, "full_range": True,
-                                               "accuracy_level": 0})],
+    "autoround-fr200-acc0": [("ort-cpu-avx2", {**FR200, "accuracy_level": 0})],
     "default-acc0": [("ort-cpu-avx2", {"accuracy_level": 0})],
     # the same weights, ~40% of the Linear weights at 8 bits (what an 18% size budget allows)
-    "autoround-fr200-attn-8bit": [("ort-cpu-avx2", {"algorithm": "autoround", **AR, "iters": 200, "full_range": True,
-                                                    "exclude": ["attention"]})],
-    "autoround-fr200-ffn-up-8bit": [("ort-cpu-avx2", {"algorithm": "autoround", **AR, "iters": 200,
-                                                      "full_range": True, "exclude": ["intermediate.dense"]})],
+    "autoround-fr200-attn-8bit": [("ort-cpu-avx2", {**FR200, "exclude": ["attention"]})],
+    "autoround-fr200-ffn-up-8bit": [("ort-cpu-avx2", {**FR200, "exclude": ["intermediate.dense"]})],
     # control: layers 0-4 at 8 bits and the table FP32 (only layer 5 in 4 bits)
-    "autoround-fr200-l5-only": [("ort-cpu-avx2", {"algorithm": "autoround", **AR, "iters": 200, "full_range": True,
-                                                   "exclude": ["layer.0", "layer.1", "layer.2", "layer.3", "layer.4"], "quantize_embedding": False})],
+    "autoround-fr200-l5-only": [("ort-cpu-avx2", {**FR200, "exclude": [f"layer.{i}" for i in range(5)],
+                                                  "quantize_embedding": False})],
     # more calibration for AutoRound's rounding: 128 windows of 128 tokens
-    "autoround-fr200-n128": [("ort-cpu-avx2", {"algorithm": "autoround", **AR, "iters": 200, "full_range": True,
-                                               "nsamples": 128, "seqlen": 128})],
+    "autoround-fr200-n128": [("ort-cpu-avx2", {**FR200, "nsamples": 128, "seqlen": 128})],
 }
 
 
