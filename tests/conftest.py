@@ -41,12 +41,37 @@ def tiny_source():
 
 
 @pytest.fixture(scope="session")
-def tiny_reference(tiny_source, tmp_path_factory) -> Path:
-    """Folder of the validated FP32 reference export of random-tiny-xlmr."""
-    from embedc.exporter import export_reference
+def cached_export(stage_cache, tmp_path_factory):
+    """``cached_export(model_name)``: the folder of that model's validated FP32 export as a
+    build computes it (the export stage), in the run's shared stage cache. Each export is
+    computed once per run, not once per test module and worker; tests only read the folder
+    (it is a cache entry: a changed file makes builds discard it)."""
+    from embedc.build import stages
+    from embedc.build.cache import StageCache
+    from embedc.spec import BuildSpec, MatrixEntry, ModelSpec
+
+    done: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in done:
+            spec = BuildSpec(model=ModelSpec(name=name), matrix=(MatrixEntry("ort-cpu", ("fp32",)),),
+                             out=str(tmp_path_factory.mktemp("prepare") / "out"))
+            done[name], _, _ = stages.export(stages.prepare(spec, force=False), StageCache(stage_cache))
+        return done[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_reference(cached_export, tmp_path_factory) -> Path:
+    """Folder of the validated FP32 reference export of random-tiny-xlmr (a private copy of the
+    export stage's entry: what every build of the tiny model exports)."""
+    import shutil
+
+    from embedc.build.cache import ENTRY_JSON
 
     out = tmp_path_factory.mktemp("tiny") / "export"
-    export_reference(tiny_source, out)
+    shutil.copytree(cached_export("random-tiny-xlmr"), out, ignore=shutil.ignore_patterns(ENTRY_JSON))
     return out
 
 

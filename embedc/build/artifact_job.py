@@ -149,7 +149,7 @@ def _compile_and_judge(job: ArtifactJob, out: Path) -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     compile_s = time.perf_counter() - t0
-    tokenizer = load_tokenizer(_with_path(job.source, job.export_dir))
+    tokenizer = load_tokenizer(_with_path(job.source, job.export_dir), shared=True)
     save_tokenizer(tokenizer, out)
     meta = _artifact_meta(job, res, compile_s, library_versions())
     meta["sentence_transformers"] = write_st_files(out, meta, Path(job.source_dir))

@@ -62,7 +62,7 @@ def build(spec: BuildSpec, *, force: bool = False, cache_dir: Path | None = None
 
     outputs_plan = plan_outputs(spec, p.adapter)  # dims wider than the model fail here, before the export
     export_dir, export_key, ref_meta = stages.export(p, cache)
-    p.tokenizer = load_tokenizer(dataclasses.replace(p.source, path=export_dir))  # the tokenizer artifacts carry
+    p.tokenizer = load_tokenizer(dataclasses.replace(p.source, path=export_dir), shared=True)  # the tokenizer artifacts carry
     data = stages.data(p)
     reference_dir = stages.reference(p, data, cache)
     remote = stages.remote_code_parity(p, data)

@@ -144,7 +144,7 @@ def prepare(spec: BuildSpec, *, force: bool) -> Prepared:
         temps.sweep(out.absolute().parent, out.name)       # left by killed builds of this output
         temps.sweep(out.absolute().parent, failed.name)
     splits = load_splits(spec)
-    family, tokenizer, adapter = load_model_tokenizer(source)
+    family, tokenizer, adapter = load_model_tokenizer(source, shared=True)
     return Prepared(spec=spec, source=source, family=family, adapter=adapter, tokenizer=tokenizer, splits=splits,
                     style=prompt_style(spec, source), model_hash=hash_model_folder(source.path), out=out)
 

@@ -31,12 +31,13 @@ def adapter_for(source, tokenizer) -> ModelAdapter:
     return family.adapter(source, config, tokenizer)
 
 
-def load_model_tokenizer(source):
-    """(family, tokenizer, adapter) of a source: the tokenizer as its family prepares it."""
+def load_model_tokenizer(source, *, shared: bool = False):
+    """(family, tokenizer, adapter) of a source: the tokenizer as its family prepares it
+    (``shared``: this thread's one read-only instance, see ``load_tokenizer``)."""
     from ..models import load_tokenizer
 
     family, config = resolve_family(source)
-    tokenizer = family.prepare_tokenizer(load_tokenizer(source))
+    tokenizer = load_tokenizer(source, shared=shared, prepare=family.prepare_tokenizer)
     return family, tokenizer, family.adapter(source, config, tokenizer)
 
 

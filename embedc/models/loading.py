@@ -114,9 +114,17 @@ _SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_toke
 _WRAPPER_SETTINGS = ("model_max_length", "padding_side", "truncation_side", "clean_up_tokenization_spaces")
 
 
-def load_tokenizer(source: ModelSource | str | Path):
+_TOKENIZER_FILE_NAMES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def load_tokenizer(source: ModelSource | str | Path, *, shared: bool = False, prepare=None):
     """The tokenizer of a model or artifact folder, running exactly the pipeline
     its ``tokenizer.json`` saved.
+
+    ``shared=True`` returns this thread's one instance for the folder's current
+    files (parsed once, not per artifact) and the caller must not change it;
+    ``prepare`` (a family's ``prepare_tokenizer``) is applied before it is kept.
+    The default is a new, private object.
 
     transformers 5's model-specific classes (XLM-R's among them) rebuild their
     own normalizer and pre-tokenizer instead of the saved ones, so the same
@@ -126,6 +134,17 @@ def load_tokenizer(source: ModelSource | str | Path):
     length, padding side) come from ``tokenizer_config.json``. A folder without
     ``tokenizer.json`` gets transformers' conversion of its slow tokenizer."""
     path = Path(getattr(source, "path", source))
+    if shared:
+        from ..filememo import memoized
+
+        def fresh():
+            tok = load_tokenizer(source)
+            return prepare(tok) if prepare else tok
+
+        return memoized("tokenizer", [path / f for f in _TOKENIZER_FILE_NAMES], fresh,
+                        extra=(getattr(prepare, "__qualname__", None), getattr(source, "trust_remote_code", False)))
+    if prepare is not None:
+        return prepare(load_tokenizer(source))
     name = getattr(source, "name", str(path))
     if not (path / "tokenizer.json").is_file():
         return _converted_tokenizer(path, name, bool(getattr(source, "trust_remote_code", False)))

@@ -78,6 +78,12 @@ def check_safetensors(file: Path) -> None:
 
 
 def check_tokenizer_json(file: Path) -> None:
+    from ..filememo import memoized
+
+    memoized("tokenizer.json is valid", [file], lambda: _check_tokenizer_json(file))  # 17 MB of JSON for XLM-R
+
+
+def _check_tokenizer_json(file: Path) -> bool:
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, ValueError, UnicodeDecodeError):
@@ -87,6 +93,7 @@ def check_tokenizer_json(file: Path) -> None:
     if not isinstance(model, dict) or not ("type" in model or "vocab" in model):
         raise ModelSourceError(f"{file} is not a tokenizers file (no 'model' table with a vocabulary)",
                                "re-save the tokenizer (tokenizer.save_pretrained)")
+    return True
 
 
 # ---- embedc's own catalog folders ------------------------------------------------------------------

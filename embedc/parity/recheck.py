@@ -44,10 +44,10 @@ def _reference_for_artifact(artifact_dir: Path, meta: dict, cache_dir: Path | No
     if splits.summary()["evaluation"]["sha256"] != recorded:
         raise ArtifactError("the evaluation split no longer matches the one this artifact was judged on",
                             "rebuild the artifact, or restore the corpus it was built with")
-    family, _, adapter = load_model_tokenizer(source)
+    family, _, adapter = load_model_tokenizer(source, shared=True)
     from ..models import load_tokenizer
 
-    tokenizer = load_tokenizer(dataclasses.replace(source, path=Path(artifact_dir)))
+    tokenizer = load_tokenizer(dataclasses.replace(source, path=Path(artifact_dir)), shared=True)
     p = stages.Prepared(spec=spec, source=source, family=family, adapter=adapter, tokenizer=tokenizer,
                         splits=splits, style=stages.prompt_style(spec, source),
                         model_hash=hash_model_folder(source.path), out=Path(artifact_dir))

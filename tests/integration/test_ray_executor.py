@@ -74,12 +74,14 @@ def _node_totals() -> dict:
 
 
 @pytest.fixture(scope="module")
-def local_build(tmp_path_factory):
+def local_build(tmp_path_factory, cached_export):
     root = tmp_path_factory.mktemp("ray-local")
     cache = root / "stages"
+    entry = cached_export("random-tiny-xlmr")  # the run's export of the tiny model; the rest is computed here
+    shutil.copytree(entry, cache / "export" / entry.name)
     t0 = time.perf_counter()
     result = build(_spec(root / "local"), cache_dir=cache)
-    print(f"\nlocal build (export, reference, 4 pairs) {time.perf_counter() - t0:.1f} s")
+    print(f"\nlocal build (reference, 4 pairs) {time.perf_counter() - t0:.1f} s")
     assert all(a.status == "pass" for a in result.artifacts)
     return result, cache
 

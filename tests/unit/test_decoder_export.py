@@ -17,9 +17,9 @@ class Exported:
     def __init__(self, name: str, out):
         import onnxruntime as ort
 
-        from embedc.exporter import export_reference
+        from embedc.artifact import read_meta
 
-        self.meta = export_reference(tiny(name).source, out).meta
+        self.meta = read_meta(out)
         self.tokenizer, self.adapter = tiny(name).tokenizer, tiny(name).adapter
         self.session = ort.InferenceSession(str(out / self.meta["model_file"]), providers=["CPUExecutionProvider"])
 
@@ -33,10 +33,10 @@ class Exported:
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("decoder-onnx")
-    return {"bidirectional": Exported("random-tiny-pplx", folder / "pplx"),
-            "causal": Exported("random-tiny-qwen3-embedding", folder / "qwen3")}
+def exported(cached_export):
+    """embedc's export of each tiny decoder (the export stage a build runs)."""
+    return {"bidirectional": Exported("random-tiny-pplx", cached_export("random-tiny-pplx")),
+            "causal": Exported("random-tiny-qwen3-embedding", cached_export("random-tiny-qwen3-embedding"))}
 
 
 def test_export_records_the_decoder_adapter_and_outputs(exported):

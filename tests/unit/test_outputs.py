@@ -422,7 +422,7 @@ def test_int8_and_ubinary_in_usearch(outputs_build):
 
 
 # ---- pplx-embed: its native outputs by default ------------------------------------------------------
-def test_pplx_build_emits_native_int8_and_binary(tmp_path):
+def test_pplx_build_emits_native_int8_and_binary(tmp_path, stage_cache):
     """A pplx-embed (bidirectional_pplx_qwen3) artifact carries ``pooler_output_int8`` (tanh) and
     ``pooler_output_binary`` without being asked, computed from ``pooler_output`` as pplx does."""
     import onnx
@@ -437,7 +437,7 @@ def test_pplx_build_emits_native_int8_and_binary(tmp_path):
                                                  long_per_lang=0),
                      matrix=(MatrixEntry("ort-cpu", ("fp32",)),), out=str(tmp_path / "pplx"),
                      outputs=OutputsSpec(gates={"*": ""}))
-    result = build(spec, cache_dir=tmp_path / "cache")
+    result = build(spec, cache_dir=stage_cache)
     a = result.artifacts[0]
     assert a.status == "pass", a.error
     folder = result.out / a.path

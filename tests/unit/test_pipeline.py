@@ -20,8 +20,15 @@ def _spec(out, **kw) -> BuildSpec:
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("stage-cache")
+def cache_dir(tmp_path_factory, cached_export):
+    """This module's own stage cache (its tests count and corrupt entries), seeded with the run's
+    export of the tiny model: the export stage is the same, the rest is computed here."""
+    import shutil
+
+    cache = tmp_path_factory.mktemp("stage-cache")
+    entry = cached_export("random-tiny-xlmr")
+    shutil.copytree(entry, cache / "export" / entry.name)
+    return cache
 
 
 @pytest.fixture(scope="module")

@@ -181,3 +181,13 @@ def test_default_buckets_follow_length_stats():
     assert [b.length for b in shapes.default_buckets(stats, 512)] == [32, 96, 160, 224, 512]
     assert [b.length for b in shapes.default_buckets({**stats, "max": 600}, 256)] == [32, 96, 160, 256]
     assert shapes.pick_bucket(shapes.parse_buckets(["4x128", 128, 64], 512), 100) == shapes.Bucket(128, 4)
+
+
+def test_each_precision_quantizes_its_own_copy_of_the_converted_reference(scaled_context, tmp_path):
+    """The converted reference is kept per thread and cloned: compressing weights for one
+    precision must leave the next fp32 compile of the same export at FP32."""
+    w8 = BACKEND.compile(TARGET["openvino-cpu"], "int8-weights", scaled_context, tmp_path / "w8")
+    assert "u8" in _const_types(_read(tmp_path / "w8", w8.model_file))
+    res = BACKEND.compile(TARGET["openvino-cpu"], "fp32", scaled_context, tmp_path / "fp32")
+    types = _const_types(_read(tmp_path / "fp32", res.model_file))
+    assert "f32" in types and not types & {"u8", "i8"}, types

@@ -66,3 +66,29 @@ def test_malformed_tokenizer_json_is_a_one_line_error(tmp_path):
     (tmp_path / "tokenizer.json").write_text('{"model": {"type": "Nope"}}')
     with pytest.raises(ModelSourceError, match="tokenizer.json"):
         load_tokenizer(tmp_path)
+
+
+def test_shared_tokenizer_is_parsed_once_per_thread_and_follows_the_files(tiny_reference, tmp_path):
+    """A build reads one tokenizer per folder (not one per artifact); a rewritten folder is read
+    again, other threads get their own instance, and the default stays a private object."""
+    import json
+    import shutil
+    import threading
+
+    from embedc.models import load_tokenizer
+
+    folder = tmp_path / "tok"
+    shutil.copytree(tiny_reference, folder)
+    first = load_tokenizer(folder, shared=True)
+    assert load_tokenizer(folder, shared=True) is first
+    assert load_tokenizer(folder) is not load_tokenizer(folder)
+    other = []
+    t = threading.Thread(target=lambda: other.append(load_tokenizer(folder, shared=True)))
+    t.start()
+    t.join()
+    assert other[0] is not first
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["model_max_length"] = 77
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    again = load_tokenizer(folder, shared=True)
+    assert again is not first and again.model_max_length == 77

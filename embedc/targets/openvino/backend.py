@@ -340,12 +340,29 @@ def _first_line(exc: Exception) -> str:
     return ((useful or lines or [type(exc).__name__])[0])[:300]
 
 
+def _converted_reference(ov, onnx_file: Path):
+    """A private copy of ``ov.convert_model(reference ONNX)``: converted once per
+    build thread (seconds for a 250k-vocabulary table), cloned for each precision
+    because NNCF changes the model it is given. A large model is converted each
+    time instead: keeping a copy would add its whole size to the build's peak memory."""
+    from ...filememo import memoized
+
+    onnx_file = Path(onnx_file)
+    files = [onnx_file, *sorted(onnx_file.parent.glob("*.data"))]
+    if sum(f.stat().st_size for f in files) > _KEEP_CONVERTED_BYTES:
+        return ov.convert_model(str(onnx_file))
+    return memoized("openvino.convert_model", files, lambda: ov.convert_model(str(onnx_file))).clone()
+
+
+_KEEP_CONVERTED_BYTES = 256 << 20
+
+
 def _pad_token_id(reference_dir: Path) -> int:
     from ...errors import ModelSourceError
     from ...models import load_tokenizer
 
     try:
-        pad = load_tokenizer(reference_dir).pad_token_id
+        pad = load_tokenizer(reference_dir, shared=True).pad_token_id
     except ModelSourceError as exc:
         raise CompileError(f"cannot read the tokenizer in {reference_dir} for the NPU pad id",
                            "re-export the reference (it carries the tokenizer files)") from exc
@@ -401,7 +418,7 @@ class OpenVINOBackend(Backend):
 
         t0 = time.perf_counter()
         try:
-            model = ov.convert_model(str(ctx.reference_onnx))
+            model = _converted_reference(ov, ctx.reference_onnx)
         except Exception as exc:  # the ONNX frontend raises bare RuntimeErrors
             raise CompileError(f"openvino.convert_model failed on {ctx.reference_onnx}: {_first_line(exc)}",
                                "check that the reference export is complete (model.onnx and its .data)") from exc
