@@ -66,6 +66,7 @@ def build(spec: BuildSpec, *, force: bool = False, cache_dir: Path | None = None
     data = stages.data(p)
     reference_dir = stages.reference(p, data, cache)
     remote = stages.remote_code_parity(p, data)
+    p.release_torch()  # the compiles and parity runs below never need it
     p.out.absolute().parent.mkdir(parents=True, exist_ok=True)
     work_root = temps.make(p.out.absolute().parent, p.out.name, "work")  # pid-named: swept if this run is killed
     try:

@@ -7,6 +7,7 @@ its family adapter, which the export records for every later stage.
 """
 from __future__ import annotations
 
+import gc
 import logging
 import time
 import warnings
@@ -22,7 +23,7 @@ from ..models import load_tokenizer, save_tokenizer
 from ..models.source import ModelSource
 from ..onnxkit.files import tensor_bytes_need_external_data
 from ..versions import library_versions
-from .validate import ValidationGate, validate_onnx
+from .validate import ValidationGate, check_onnx, torch_probes
 from .wrapper import SentenceEmbedder
 
 log = logging.getLogger("embedc")
@@ -65,14 +66,19 @@ def export_reference(source: ModelSource, out: Path, *, opset: int = 18, force: 
     with staged_dir(Path(out), force=force) as tmp:
         t0 = time.perf_counter()
         family.export_onnx(embedder, tokenizer, tmp / MODEL_FILE, opset=opset, external_data=external)
+        gc.collect()  # the exporter's graph holds cycles: free it before the probes run
         _check_dynamic(tmp / MODEL_FILE, adapter.input_names)
         export_s = time.perf_counter() - t0
         log.info("exported %s (%.0fM params) in %.1f s%s", source.name, n_params / 1e6, export_s,
                  " with external data" if external else "")
         t0 = time.perf_counter()
-        validation = validate_onnx(tmp / MODEL_FILE, embedder, tokenizer, input_names=list(adapter.input_names),
-                                   query_prefix=source.query_prefix, passage_prefix=source.passage_prefix,
-                                   max_length=adapter.max_length, gate=gate)
+        probes = torch_probes(embedder, tokenizer, input_names=list(adapter.input_names),
+                              query_prefix=source.query_prefix, passage_prefix=source.passage_prefix,
+                              max_length=adapter.max_length)
+        # the ONNX session must not sit next to the torch model: together they are 2x FP32 in memory
+        del embedder, model
+        gc.collect()
+        validation = check_onnx(tmp / MODEL_FILE, probes, gate)
         validation["seconds"] = round(time.perf_counter() - t0, 2)
         save_tokenizer(tokenizer, tmp)
         fmt = {"pooling": adapter.pooling.mode, "final_norm": adapter.final_norm}

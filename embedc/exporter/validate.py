@@ -28,8 +28,29 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
 
 
+def torch_probes(embedder, tokenizer, *, input_names: list[str], query_prefix: str, passage_prefix: str,
+                 max_length: int) -> list[tuple[str, dict, np.ndarray]]:
+    """(label, feeds, torch embeddings) of every validation probe: computed
+    first, so the torch model can be freed before the ONNX session is opened."""
+    out = []
+    for label, texts in probe_batches(tokenizer, query_prefix=query_prefix,
+                                      passage_prefix=passage_prefix, max_length=max_length):
+        feeds = encode_batch(tokenizer, texts, input_names=input_names, max_length=max_length)
+        out.append((label, feeds, torch_embed(embedder, feeds)))
+    return out
+
+
 def validate_onnx(onnx_path: Path, embedder, tokenizer, *, input_names: list[str], query_prefix: str,
                   passage_prefix: str, max_length: int, gate: ValidationGate = ValidationGate()) -> dict:
+    """Validate ``onnx_path`` against ``embedder`` on the probe batches."""
+    probes = torch_probes(embedder, tokenizer, input_names=input_names, query_prefix=query_prefix,
+                          passage_prefix=passage_prefix, max_length=max_length)
+    return check_onnx(onnx_path, probes, gate)
+
+
+def check_onnx(onnx_path: Path, probes: list[tuple[str, dict, np.ndarray]],
+               gate: ValidationGate = ValidationGate()) -> dict:
+    """Run ``probes`` (from :func:`torch_probes`) through ONNX Runtime and judge them against ``gate``."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -37,10 +58,7 @@ def validate_onnx(onnx_path: Path, embedder, tokenizer, *, input_names: list[str
     session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
     cells = {}
     all_cos, worst_abs = [], 0.0
-    for label, texts in probe_batches(tokenizer, query_prefix=query_prefix,
-                                      passage_prefix=passage_prefix, max_length=max_length):
-        feeds = encode_batch(tokenizer, texts, input_names=input_names, max_length=max_length)
-        ref = torch_embed(embedder, feeds)
+    for label, feeds, ref in probes:
         got = session.run(["sentence_embedding"], feeds)[0]
         if not np.isfinite(got).all():
             raise ExportValidationError(f"ONNX output has NaN/Inf on probe {label}",

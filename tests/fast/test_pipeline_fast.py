@@ -136,3 +136,58 @@ def test_junit_counts(first, tmp_path):
     root = ET.parse(path).getroot()
     n_gates = sum(len(a.gates) for a in first.artifacts)
     assert root.get("tests") == str(n_gates) and root.get("failures") == "0" and root.get("errors") == "0"
+
+
+def test_the_torch_model_is_gone_before_any_backend_compiles(toy_model, tmp_path, monkeypatch):
+    """The FP32 torch model (loaded for the export and the reference) is freed before the
+    compiles: held through them it adds the model's whole size to the build's peak memory."""
+    import weakref
+
+    from toy import ToyFamily
+
+    loaded = []
+    real_load, real_compile = ToyFamily.load_torch, FakeBackend.compile
+
+    def load(self, source, adapter=None):
+        model = real_load(self, source, adapter)
+        loaded.append(weakref.ref(model))
+        return model
+
+    alive_at_compile = []
+
+    def compile(self, *args, **kwargs):
+        alive_at_compile.append([r() is not None for r in loaded])
+        return real_compile(self, *args, **kwargs)
+
+    monkeypatch.setattr(ToyFamily, "load_torch", load)
+    monkeypatch.setattr(FakeBackend, "compile", compile)
+    result = build(spec(toy_model, tmp_path / "out", matrix=(("fake-cpu", ("fp32",)),)), cache_dir=tmp_path / "stages")
+    assert result.artifacts[0].status == "pass"
+    assert len(loaded) >= 1 and alive_at_compile == [[False] * len(loaded)]
+
+
+def test_the_export_validates_onnx_after_the_torch_model_is_freed(toy_model, tmp_path, monkeypatch):
+    """The export's ONNX Runtime check runs on probes the torch model computed first, and only
+    after that model is gone: the two side by side would be 2x FP32 in memory."""
+    import weakref
+
+    from embedc.exporter import export as export_mod
+    from embedc.models import resolve_model
+    from toy import ToyFamily
+
+    loaded, alive_at_check = [], []
+    real_load, real_check = ToyFamily.load_torch, export_mod.check_onnx
+
+    def load(self, source, adapter=None):
+        model = real_load(self, source, adapter)
+        loaded.append(weakref.ref(model))
+        return model
+
+    def check(*args, **kwargs):
+        alive_at_check.append([r() is not None for r in loaded])
+        return real_check(*args, **kwargs)
+
+    monkeypatch.setattr(ToyFamily, "load_torch", load)
+    monkeypatch.setattr(export_mod, "check_onnx", check)
+    result = export_mod.export_reference(resolve_model(str(toy_model)), tmp_path / "export")
+    assert result.meta["validation"]["passed"] and alive_at_check == [[False]]
