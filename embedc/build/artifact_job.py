@@ -91,6 +91,7 @@ def one_line(exc: BaseException) -> str:
 def run_artifact_job(job: ArtifactJob) -> ArtifactOutcome:
     from ..artifact import read_meta
     from ..parity import ParityResult, evaluate_gates
+    from ..memory import release_memory
     from .cache import StageCache
 
     t0 = time.perf_counter()
@@ -100,7 +101,10 @@ def run_artifact_job(job: ArtifactJob) -> ArtifactOutcome:
         cached = hit is not None
         if hit is None:
             log.info("compiling %s", job.name)
-            hit = cache.store("artifact", job.key, {"artifact": job.name}, lambda tmp: _compile_and_judge(job, tmp))
+            try:
+                hit = cache.store("artifact", job.key, {"artifact": job.name}, lambda tmp: _compile_and_judge(job, tmp))
+            finally:
+                release_memory()  # the compile's models and sessions, back to the OS before the next pair
         else:
             log.info("%s: cached (%s)", job.name, job.key[:12])
         meta = read_meta(hit)

@@ -95,11 +95,11 @@ class Prepared:
         """Drop the torch FP32 model once the stages that need it are done: held
         through the compiles, it adds the model's whole FP32 size to the build's
         peak memory (2.4 GB on a 0.6B decoder, 16 GB on a 4B one)."""
-        import gc
+        from ..memory import release_memory
 
         if self._embedder is not None:
             self._embedder = None
-            gc.collect()
+            release_memory()  # gc alone leaves glibc holding the pages
 
 
 def load_splits(spec: BuildSpec):

@@ -22,6 +22,7 @@ from ..fsutil import check_output_location, staged_dir
 from ..models import load_tokenizer, save_tokenizer
 from ..models.source import ModelSource
 from ..onnxkit.files import tensor_bytes_need_external_data
+from ..memory import release_memory
 from ..versions import library_versions
 from .validate import ValidationGate, check_onnx, torch_probes
 from .wrapper import SentenceEmbedder
@@ -77,7 +78,7 @@ def export_reference(source: ModelSource, out: Path, *, opset: int = 18, force: 
                               max_length=adapter.max_length)
         # the ONNX session must not sit next to the torch model: together they are 2x FP32 in memory
         del embedder, model
-        gc.collect()
+        release_memory()
         validation = check_onnx(tmp / MODEL_FILE, probes, gate)
         validation["seconds"] = round(time.perf_counter() - t0, 2)
         save_tokenizer(tokenizer, tmp)

@@ -55,7 +55,12 @@ def cached_int4_weights(cache, *, export_key: str, calibration_hash: str, settin
             write_json_atomic(tmp / INFO, {"settings": settings.to_dict(), "calibration_sha256": calibration_hash,
                                            "export_key": export_key, "versions": _versions(settings.algorithm),
                                            **report})
-        hit = cache.store(STAGE, key, {"algorithm": settings.algorithm}, fill)
+        try:
+            hit = cache.store(STAGE, key, {"algorithm": settings.algorithm}, fill)
+        finally:
+            from ..memory import release_memory
+
+            release_memory()  # the torch model AutoRound / GPTQ ran on: gone before the backend's compile
     else:
         log.info("int4 weights: cached (%s)", key[:12])
     info = read_json(hit / INFO)
