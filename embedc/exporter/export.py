@@ -24,6 +24,7 @@ from ..models.source import ModelSource
 from ..onnxkit.files import tensor_bytes_need_external_data
 from ..memory import release_memory
 from ..versions import library_versions
+from .leaks import release_rewriter_graphs
 from .validate import ValidationGate, check_onnx, torch_probes
 from .wrapper import SentenceEmbedder
 
@@ -67,6 +68,7 @@ def export_reference(source: ModelSource, out: Path, *, opset: int = 18, force: 
     with staged_dir(Path(out), force=force) as tmp:
         t0 = time.perf_counter()
         family.export_onnx(embedder, tokenizer, tmp / MODEL_FILE, opset=opset, external_data=external)
+        release_rewriter_graphs()  # else onnxscript's rule sets keep the exported graph and the torch weights
         gc.collect()  # the exporter's graph holds cycles: free it before the probes run
         _check_dynamic(tmp / MODEL_FILE, adapter.input_names)
         export_s = time.perf_counter() - t0
