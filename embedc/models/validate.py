@@ -100,8 +100,10 @@ def _check_tokenizer_json(file: Path) -> bool:
 def _inventory(folder: Path) -> dict[str, str]:
     from ..artifact import sha256_file
 
+    # the record and another process's temp copy of it (write_json_atomic's ".<name>.<random>.tmp",
+    # there for an instant while a concurrent build records the same folder) are not the folder's files
     return {p.relative_to(folder).as_posix(): sha256_file(p) for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.name != RECORD}
+            if p.is_file() and p.name != RECORD and not p.name.startswith("." + RECORD)}
 
 
 def record(folder: Path) -> None:

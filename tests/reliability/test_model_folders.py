@@ -105,3 +105,16 @@ def test_corrupted_random_preset_in_the_cache_is_rebuilt():
     (path / "tokenizer.json").write_text("garbage")
     again = resolve_model("random-tiny-xlmr").path
     assert json.loads((again / "tokenizer.json").read_text())["model"]
+
+
+def test_a_concurrent_builds_temp_record_is_not_part_of_a_catalog_folder(tmp_path):
+    """Two builds sharing a cache verify the same catalog folder while one of them writes its hash
+    record (a temp file beside it for an instant): the other must see the folder as intact."""
+    from embedc.models.validate import RECORD, catalog_folder_ok, record
+
+    folder = tmp_path / "catalog-model"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "bert"}')
+    record(folder)
+    (folder / f".{RECORD}.abc123.tmp").write_text('{"files": {}}')   # another process's write_json_atomic
+    assert catalog_folder_ok(folder)
