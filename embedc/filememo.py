@@ -49,7 +49,3 @@ def memoized(kind: str, paths: Iterable[Path], compute: Callable[[], Any], extra
         cache.popitem(last=False)
     return value
 
-
-def clear() -> None:
-    """Forget this thread's entries (tests; long-lived processes that want the memory back)."""
-    getattr(_LOCAL, "cache", OrderedDict()).clear()
