@@ -139,6 +139,27 @@ def swap_into_place(tmp: Path, final: Path, *, on_swap=None) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """An exclusive advisory lock for building ``folder``, held on a dot-file
+    beside it (``.<name>.lock``, left in place: removing a lock file races
+    with the next process opening it). Without ``fcntl`` (Windows) it does
+    not lock; the atomic swap still keeps the folder whole."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    with open(folder.parent / f".{folder.name}.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

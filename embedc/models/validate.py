@@ -130,12 +130,22 @@ def catalog_folder_ok(folder: Path) -> bool:
 
 
 def ensure_catalog_folder(folder: Path, rebuild: Callable[[], object], what: str) -> Path:
-    """``folder`` verified against its recorded hashes; rebuilt (then recorded) when missing or altered."""
+    """``folder`` verified against its recorded hashes; rebuilt (then recorded) when missing or altered.
+
+    The rebuild runs under a lock beside the folder, and the folder is checked
+    again once the lock is held: two processes that need the same folder for
+    the first time (xdist workers, parallel builds on one cache) build it once,
+    and neither hashes it while the other is writing it."""
+    from ..fsutil import folder_lock
+
     folder = Path(folder)
     if folder.is_dir() and catalog_folder_ok(folder):
         return folder
-    if folder.exists():
-        log.warning("%s in embedc's cache (%s) is corrupted or incomplete; rebuilding it", what, folder)
-    rebuild()
-    record(folder)
+    with folder_lock(folder):
+        if folder.is_dir() and catalog_folder_ok(folder):
+            return folder  # another process built it while this one waited
+        if folder.exists():
+            log.warning("%s in embedc's cache (%s) is corrupted or incomplete; rebuilding it", what, folder)
+        rebuild()
+        record(folder)
     return folder

@@ -118,3 +118,33 @@ def test_a_concurrent_builds_temp_record_is_not_part_of_a_catalog_folder(tmp_pat
     record(folder)
     (folder / f".{RECORD}.abc123.tmp").write_text('{"files": {}}')   # another process's write_json_atomic
     assert catalog_folder_ok(folder)
+
+
+def test_two_processes_needing_the_same_catalog_folder_build_it_once(tmp_path):
+    """The first use of a catalog folder by two workers at once: one builds it, the other waits for
+    the lock, finds it intact and uses it (flock between two open files blocks threads too)."""
+    import threading
+    import time
+
+    from embedc.models.validate import ensure_catalog_folder
+
+    folder = tmp_path / "models" / "catalog-model"
+    built, got, start = [], [], threading.Barrier(2)
+
+    def rebuild():
+        built.append(threading.current_thread().name)
+        folder.mkdir(parents=True, exist_ok=True)
+        time.sleep(0.3)                                   # the other worker arrives while this one writes
+        (folder / "config.json").write_text('{"model_type": "bert"}')
+
+    def use():
+        start.wait()
+        got.append(ensure_catalog_folder(folder, rebuild, "x"))
+
+    workers = [threading.Thread(target=use, name=f"w{i}") for i in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert got == [folder, folder] and len(built) == 1, (got, built)
+    assert (folder / "config.json").is_file() and not any(p.name.endswith(".tmp") for p in folder.iterdir())
