@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..memory import release_memory
 from .files import remove_model, save_model
 from .session import SENTENCE_OUTPUT, cpu_session, session_inputs
 
@@ -74,6 +75,7 @@ def _capture(path, tensors, feeds, *, threads, level, rows, seed, output, probe:
                               for t in tensors if t not in have)
     save_model(model, probe)
     del model
+    release_memory()  # the loaded graph's weights, before the session maps its own copy
     sess = cpu_session(probe, threads, level=level)
     total = 0
     for f in feeds:

@@ -41,13 +41,14 @@ def needs_external_data(model) -> bool:
     return tensor_bytes_need_external_data(initializer_bytes(model))
 
 
-def load_model(path: Path, *, what: str = "reference ONNX"):
-    """Load a model and its external data; unreadable or invalid files raise CompileError."""
+def load_model(path: Path, *, what: str = "reference ONNX", external_data: bool = True):
+    """Load a model (with its external data unless ``external_data=False``: the
+    graph alone, for names and shapes); unreadable or invalid files raise CompileError."""
     import onnx
 
     try:
         onnx.checker.check_model(str(path))  # by path: works above 2 GB, catches truncated graphs
-        return onnx.load(str(path))
+        return onnx.load(str(path), load_external_data=external_data)
     except Exception as exc:  # protobuf DecodeError, ValidationError, OSError, ...
         detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise CompileError(f"{what} {path} is unreadable or invalid (truncated or corrupted?): {detail}",

@@ -323,3 +323,41 @@ def test_models_over_the_protobuf_limit_use_external_data(scaled_context, monkey
     assert (out / "model.onnx").stat().st_size < 1_000_000 < (out / "model.onnx.data").stat().st_size
     assert BACKEND.model_files(out, {"model_file": res.model_file}) == ["model.onnx", "model.onnx.data"]
     assert meets_floor(_cos(out, res, scaled_eval), precision)
+    if precision == "int8-static":  # the ranking read each float weight from the external data file
+        sens = res.recipe["sensitivity_db"]
+        assert len(sens) == 12 and all(np.isfinite(s["sqnr_db"]) for s in sens)
+
+
+def test_minmax_ranges_from_the_capture_equal_ort_calibrator(scaled_context, tmp_path):
+    """INT8 static takes MinMax ranges from its activation capture instead of a second FP32 pass
+    through ORT's MinMaxCalibrater: on the smoothed scaled model they must be ORT's own ranges."""
+    from onnxruntime.quantization import CalibrationMethod, create_calibrator, load_tensors_data
+
+    from embedc.onnxkit.activations import capture
+    from embedc.onnxkit.calibration import feed_reader
+    from embedc.onnxkit.files import save_model
+    from embedc.targets.ort import int8
+    from embedc.targets.ort.smoothquant import smooth_matmul_inputs
+
+    src = scaled_context.reference_dir / scaled_context.reference_meta["model_file"]
+    feeds, names = scaled_context.calibration, [i["name"] for i in scaled_context.reference_meta["inputs"]]
+    model = onnx.load(str(src))
+    stats = capture(src, sorted({n.input[0] for n in weight_matmuls(model)}), feeds, scratch=tmp_path)
+    settings = TARGET["ort-cpu"].settings
+    groups = smooth_matmul_inputs(model, stats, settings, 0.5)
+    assert sum(g["alpha"] is not None for g in groups) >= 2          # smoothed inputs are covered too
+    prep = tmp_path / "prep.onnx"
+    save_model(model, prep)
+    ours = tmp_path / "ours.json"
+    assert int8.calibrate(prep, feeds, names, "MinMax", ours, tmp_path, {}, stats)["how"].startswith("per-tensor")
+
+    calibrator = create_calibrator(prep, ["MatMul"], augmented_model_path=str(tmp_path / "aug.onnx"),
+                                   calibrate_method=CalibrationMethod.MinMax)   # every feed, no intermediate bound
+    calibrator.collect_data(feed_reader(feeds, names))
+    a, b = load_tensors_data(ours).data, calibrator.compute_data().data
+    wanted = {n.input[0] for n in weight_matmuls(model)}
+    assert set(a) == wanted and wanted <= set(b)
+    for name in wanted:
+        assert np.shape(a[name].range_value[0]) == (), name                 # per tensor, as quantize_static reads
+        np.testing.assert_allclose(np.ravel(a[name].range_value), np.ravel(b[name].range_value), rtol=1e-4, atol=1e-6,
+                                   err_msg=name)

@@ -31,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import io
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +39,7 @@ import onnx
 from onnx import numpy_helper
 
 from ...errors import CompileError
+from ...memory import release_memory
 from ...onnxkit.activations import Activations, capture
 from ...onnxkit.calibration import feed_reader
 from ...onnxkit.files import file_needs_external_data, load_model, model_files, needs_external_data, save_model
@@ -90,34 +91,68 @@ def quantize_int8_dynamic(src: Path, dst: Path, *, settings: dict, options: dict
     return recipe
 
 
-def calibrate(model_path: Path, feeds: Sequence[dict[str, np.ndarray]], input_names: Sequence[str],
-              method: str, cache: Path, work: Path, options: dict) -> dict:
-    """Activation ranges of every MatMul input/output over the calibration
-    feeds, saved as ORT's calibration cache (reused by every quantize pass).
+def minmax_ranges(graph: onnx.ModelProto, stats: Activations) -> dict[str, tuple[np.float32, np.float32]]:
+    """ORT's MinMax ranges of every Linear MatMul input of ``graph`` (the
+    smoothed model), from the activation capture: the same calibration feeds
+    (batch 1, so no padding enters either), the per-channel min/max reduced
+    over channels. A smoothed input is ``x * inv_s`` with ``inv_s > 0`` per
+    channel, so its range is exactly ``min(lo * inv_s), max(hi * inv_s)``
+    (rounding is monotonic). Equal to ``MinMaxCalibrater``'s ranges (tested),
+    without a second pass of the FP32 model through an augmented copy of it:
+    on a 0.6B decoder that pass held 4-5 GB and took two minutes."""
+    inits = initializer_map(graph)
+    producer = {o: n for n in graph.graph.node for o in n.output}
+    out: dict[str, tuple[np.float32, np.float32]] = {}
+    for node in weight_matmuls(graph):
+        x = node.input[0]
+        mul = producer.get(x)
+        if mul is not None and mul.op_type == "Mul" and mul.input[0] in stats.lo and mul.input[1] in inits:
+            inv = numpy_helper.to_array(inits[mul.input[1]]).astype(np.float32)  # the graph's own product
+            lo, hi = stats.lo[mul.input[0]] * inv, stats.hi[mul.input[0]] * inv
+        elif x in stats.lo:
+            lo, hi = stats.lo[x], stats.hi[x]
+        else:
+            continue  # not captured: quantize_static leaves a tensor without a range unquantized
+        out[x] = (np.float32(lo.min()), np.float32(hi.max()))
+    return out
 
-    Histogram methods (Entropy/Percentile) stack a batch's outputs, so they
-    need equal shapes; here each feed is collected on its own (batch 1, its
-    own length) and the histograms merge across calls, so no padding is needed
-    and memory stays at one feed's activations."""
+
+def calibrate(model_path: Path, feeds: Sequence[dict[str, np.ndarray]], input_names: Sequence[str],
+              method: str, cache: Path, work: Path, options: dict, stats: Activations) -> dict:
+    """Activation ranges of the MatMul inputs over the calibration feeds, saved
+    as ORT's calibration cache (reused by every quantize pass).
+
+    MinMax: from ``stats``, the capture of the same feeds (:func:`minmax_ranges`).
+    ORT's own MinMax pass over all feeds at once keeps every feed's outputs,
+    and its ``max_intermediate_outputs`` bound drops the collected feeds
+    instead of merging them (microsoft/onnxruntime#18893, still so in 1.32).
+    Histogram methods (Entropy/Percentile) run ORT's calibrator. They stack
+    a batch's outputs, so they need equal shapes; here each feed is collected
+    on its own (batch 1, its own length) and the histograms merge across
+    calls, so no padding is needed and memory stays at one feed's activations."""
     q = import_quantization()
-    extra: dict = {"per_channel": False}
+    started = time.perf_counter()
     if method == "MinMax":
-        extra["max_intermediate_outputs"] = 32
+        ranges = q.TensorsData(q.CalibrationMethod.MinMax,
+                               minmax_ranges(onnx.load(str(model_path), load_external_data=False), stats))
+        q.save_tensors_data(ranges, cache)
+        return {"method": method, "count": len(feeds), "seconds": round(time.perf_counter() - started, 1),
+                "tensors": len(ranges.data),
+                "how": "per-tensor min/max of each Linear MatMul input over every calibration feed, from the "
+                       "activation capture (what MinMaxCalibrater computes, without a second FP32 pass), saved "
+                       "with save_tensors_data and reused via quantize_static(calibration_cache_path=...)"}
+    extra: dict = {"per_channel": False}
     if method == "Percentile":
         extra["percentile"] = options["percentile"]
-    started = time.perf_counter()
     with quiet_ort_logs(), contextlib.redirect_stdout(io.StringIO()):  # the histogram collector prints per call
         calibrator = q.create_calibrator(Path(model_path), ["MatMul"], augmented_model_path=str(work / "augmented.onnx"),
                                          calibrate_method=q.CalibrationMethod[method],
                                          use_external_data_format=file_needs_external_data(model_path),
                                          extra_options=extra)
         reader = feed_reader(feeds, input_names)
-        if method == "MinMax":
+        for i in range(len(reader)):
+            reader.set_range(i, i + 1)
             calibrator.collect_data(reader)
-        else:
-            for i in range(len(reader)):
-                reader.set_range(i, i + 1)
-                calibrator.collect_data(reader)
         ranges = calibrator.compute_data()
         q.save_tensors_data(ranges, cache)
     del calibrator
@@ -125,21 +160,22 @@ def calibrate(model_path: Path, feeds: Sequence[dict[str, np.ndarray]], input_na
         p.unlink()
     out = {"method": method, "count": len(feeds), "seconds": round(time.perf_counter() - started, 1),
            "tensors": len(ranges.data),
-           "how": "create_calibrator over the MatMul tensors, one batch-1 feed per collect_data call for "
-                  "histogram methods (no padding), ranges saved with save_tensors_data and reused via "
+           "how": "create_calibrator over the MatMul tensors, one batch-1 feed per collect_data call "
+                  "(no padding), ranges saved with save_tensors_data and reused via "
                   "quantize_static(calibration_cache_path=...)"}
     if method == "Percentile":
         out["percentile"] = options["percentile"]
     return out
 
 
-def _qdq_specs(qdq: onnx.ModelProto, names: Sequence[str]) -> dict:
-    """For each statically quantized MatMul: its float input tensor, the
-    activation scale/zero point ORT chose, and the dequantized weights."""
+def _qdq_specs(qdq: onnx.ModelProto, names: Sequence[str]) -> Iterator[tuple[str, dict]]:
+    """For each statically quantized MatMul, one at a time: its float input
+    tensor, the activation scale/zero point ORT chose, and the dequantized
+    weights (one MatMul's at a time: all of them at once are a full FP32
+    copy of the model, 2.4 GB on a 0.6B decoder)."""
     qinit = initializer_map(qdq)
     producer = {o: n for n in qdq.graph.node for o in n.output}
     wanted = set(names)
-    specs = {}
     for node in qdq.graph.node:
         if node.name not in wanted:
             continue
@@ -154,26 +190,30 @@ def _qdq_specs(qdq: onnx.ModelProto, names: Sequence[str]) -> dict:
         s_w = numpy_helper.to_array(qinit[dq_w.input[1]]).astype(np.float32)
         zp_w = numpy_helper.to_array(qinit[dq_w.input[2]]).astype(np.float32) if len(dq_w.input) > 2 else 0.0
         info = np.iinfo(zp_a.dtype)
-        specs[node.name] = {"x": q_a.input[0], "scale": float(numpy_helper.to_array(qinit[dq_a.input[1]])),
-                            "zero": float(zp_a), "qmin": info.min, "qmax": info.max,
-                            "w_deq": (w_q - zp_w) * s_w}  # per output channel: broadcasts over the last axis
-    return specs
+        yield node.name, {"x": q_a.input[0], "scale": float(numpy_helper.to_array(qinit[dq_a.input[1]])),
+                          "zero": float(zp_a), "qmin": info.min, "qmax": info.max,
+                          "w_deq": (w_q - zp_w) * s_w}  # per output channel: broadcasts over the last axis
 
 
-def local_sqnr(qdq_path: Path, float_model: onnx.ModelProto, names: Sequence[str],
-               stats: Activations) -> dict[str, float]:
+def local_sqnr(qdq_path: Path, float_path: Path, names: Sequence[str], stats: Activations) -> dict[str, float]:
     """SQNR (dB) of each MatMul's output with only that MatMul quantized: the
     float activations sampled on the calibration feeds, quantized with the
-    scale/zero point and weights ORT wrote into the QDQ model, against X @ W."""
+    scale/zero point and weights ORT wrote into the QDQ model, against X @ W.
+
+    The float weights are read from ``float_path`` one tensor at a time (its
+    graph is loaded without external data), so this holds the QDQ model and
+    one MatMul's weights, never a second copy of the FP32 model."""
+    float_model = onnx.load(str(float_path), load_external_data=False)
     inits = initializer_map(float_model)
     weights = {n.name: n.input[1] for n in float_model.graph.node if n.name in set(names)}
     out = {}
-    for name, s in _qdq_specs(onnx.load(str(qdq_path)), names).items():
+    for name, s in _qdq_specs(onnx.load(str(qdq_path)), names):
         if s["x"] not in stats.samples:
             continue
         x = stats.samples[s["x"]]
         xq = (np.clip(np.round(x / s["scale"]) + s["zero"], s["qmin"], s["qmax"]) - s["zero"]) * s["scale"]
-        w = numpy_helper.to_array(inits[weights[name]]).astype(np.float32)
+        # onnx 1.23 reads external data without writing it into the proto (which would accumulate)
+        w = numpy_helper.to_array(inits[weights[name]], base_dir=str(Path(float_path).parent)).astype(np.float32)
         out[name] = sqnr(x @ w, xq @ s["w_deq"])
     return out
 
@@ -183,16 +223,19 @@ def quantize_int8_static(src: Path, dst: Path, *, feeds, input_names: Sequence[s
     """QDQ INT8 with calibration-driven outlier handling (see the module doc)."""
     q = import_quantization()
     work.mkdir(parents=True, exist_ok=True)
-    model = load_model(src)
-    paths = module_paths(model)
-    names = [n.name for n in weight_matmuls(model)]
+    graph = load_model(src, external_data=False)  # names and shapes; the weights come after the capture
+    paths = module_paths(graph)
+    names = [n.name for n in weight_matmuls(graph)]
     forced = excluded_by_option(paths, names, options["exclude"])
-    recipe: dict = {"embedding": _table(model, options) if options["quantize_embedding"] else None}
+    matmul_inputs = sorted({n.input[0] for n in weight_matmuls(graph)})
+    del graph
     started = time.perf_counter()
-    stats = capture(src, sorted({n.input[0] for n in weight_matmuls(model)}), feeds, threads=threads, level="all",
-                    scratch=work)
-    recipe["activation_stats"] = {"feeds": len(feeds), "sampled_rows": stats.sampled_rows,
-                                  "seconds": round(time.perf_counter() - started, 1)}
+    # before the FP32 weights are loaded here: the capture session holds its own copy of them
+    stats = capture(src, matmul_inputs, feeds, threads=threads, level="all", scratch=work)
+    recipe: dict = {"activation_stats": {"feeds": len(feeds), "sampled_rows": stats.sampled_rows,
+                                         "seconds": round(time.perf_counter() - started, 1)}}
+    model = load_model(src)
+    recipe["embedding"] = _table(model, options) if options["quantize_embedding"] else None
     recipe["smooth_quant"] = None
     if options["smooth_quant"]:
         alpha = None if options["smooth_alpha"] == "auto" else float(options["smooth_alpha"])
@@ -204,9 +247,13 @@ def quantize_int8_static(src: Path, dst: Path, *, feeds, input_names: Sequence[s
     strip_debug_metadata(model)
     save_model(model, prep)
     external = needs_external_data(model)
+    # From here on the smoothed model lives in ``prep``: the float graph held in memory through
+    # calibration, every search candidate and its session would be a second FP32 copy of the model.
+    del model
+    release_memory()
     method = options["calibrate_method"]
     cache = work / "calibration-cache.json"
-    recipe["calibration"] = calibrate(prep, feeds, input_names, method, cache, work, options)
+    recipe["calibration"] = calibrate(prep, feeds, input_names, method, cache, work, options, stats)
     if recipe["calibration"]["tensors"] == 0:
         raise CompileError("calibration found no MatMul tensors to calibrate (no shape information)",
                            "re-run 'embedc export'; the reference must carry value_info")
@@ -233,11 +280,11 @@ def quantize_int8_static(src: Path, dst: Path, *, feeds, input_names: Sequence[s
         save_model(qm, out)
 
     def rank(cand: Path) -> dict[str, float]:
-        return local_sqnr(cand, model, names, stats)
+        return local_sqnr(cand, prep, names, stats)
 
     search = auto_exclude(build, rank, [n for n in names if n not in forced], forced, stats.embeddings, feeds,
                           options, work, threads)
-    del rank, model  # free the float graph before the final build
+    del rank
     excluded = forced + search["excluded"]
     build(excluded, dst)
     for p in [*model_files(prep), cache]:
