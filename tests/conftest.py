@@ -110,34 +110,16 @@ def compile_context(tiny_reference, tiny_tokenizer, tiny_splits, tmp_path):
 # The random tiny model's Linear layers barely move its output (weights ~N(0, 0.02) next to the
 # residual stream), so any quantization scores cosine 1.0 on it. Its copy with every Linear weight
 # x10 makes the layers matter: INT8 then scores ~0.9998, INT4 0.986-0.999, and INT8 weights rounded
-# to 4-bit resolution 0.947 (tests/unit/test_target_*.py hold the floors and that check).
-from helpers import LINEAR_WEIGHT_SCALE  # noqa: E402  (also read by tests that scale a torch model)
+# to 4-bit resolution 0.947 (tests/unit/test_target_*.py hold the floors and that check). The factor
+# is helpers.LINEAR_WEIGHT_SCALE (also read by tests that scale a torch model).
 
 
 @pytest.fixture(scope="session")
 def scaled_reference(tiny_reference, tmp_path_factory) -> Path:
     """The tiny export with every Linear weight x10 (its embedc.json re-hashed)."""
-    import shutil
+    from helpers import scaled_copy
 
-    import onnx
-    from onnx import numpy_helper
-
-    from embedc.artifact import file_inventory, read_meta, write_meta
-    from embedc.onnxkit.graph import weight_matmuls
-
-    out = tmp_path_factory.mktemp("scaled") / "export"
-    shutil.copytree(tiny_reference, out)
-    model = onnx.load(str(out / "model.onnx"))
-    inits = {i.name: i for i in model.graph.initializer}
-    for n in weight_matmuls(model):
-        t = inits[n.input[1]]
-        t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) * LINEAR_WEIGHT_SCALE, t.name))
-    onnx.save(model, str(out / "model.onnx"))
-    meta = read_meta(out)
-    meta.pop("format")
-    meta["files"] = file_inventory(out)
-    write_meta(out, meta)
-    return out
+    return scaled_copy(tiny_reference, tmp_path_factory.mktemp("scaled") / "export")
 
 
 @pytest.fixture()

@@ -65,6 +65,35 @@ LINEAR_WEIGHT_SCALE = 10.0
 FLOORS = {"fp32": (0.99999, 0.9999), "fp16": (0.9999, 0.9995), "int8": (0.9995, 0.995), "int4": (0.98, 0.96)}
 
 
+def scaled_copy(export_dir, out, factor: float = LINEAR_WEIGHT_SCALE):
+    """A copy of an export folder with every Linear weight multiplied by ``factor`` (its
+    embedc.json re-hashed): random tiny models' Linear layers barely move their output, so any
+    quantization scores 1.0 on them; scaled, a broken quantizer misses the floors."""
+    import shutil
+    from pathlib import Path
+
+    import onnx
+    from onnx import numpy_helper
+
+    from embedc.artifact import file_inventory, read_meta, write_meta
+    from embedc.build.cache import ENTRY_JSON
+    from embedc.onnxkit.graph import weight_matmuls
+
+    out = Path(out)
+    shutil.copytree(export_dir, out, ignore=shutil.ignore_patterns(ENTRY_JSON))
+    model = onnx.load(str(out / "model.onnx"))
+    inits = {i.name: i for i in model.graph.initializer}
+    for n in weight_matmuls(model):
+        t = inits[n.input[1]]
+        t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) * factor, t.name))
+    onnx.save(model, str(out / "model.onnx"))
+    meta = read_meta(out)
+    meta.pop("format")
+    meta["files"] = file_inventory(out)
+    write_meta(out, meta)
+    return out
+
+
 def floor_of(precision: str) -> tuple[float, float]:
     """The (mean, min) floor of a precision's family (int8-static -> int8)."""
     return FLOORS[precision.split("-")[0]]

@@ -73,7 +73,7 @@ def _capture(path, tensors, feeds, *, threads, level, rows, seed, output, probe:
     have = {o.name for o in model.graph.output}
     model.graph.output.extend(helper.make_tensor_value_info(t, TensorProto.FLOAT, None)
                               for t in tensors if t not in have)
-    save_model(model, probe)
+    save_model(model, probe, keep=False)
     del model
     release_memory()  # the loaded graph's weights, before the session maps its own copy
     sess = cpu_session(probe, threads, level=level)

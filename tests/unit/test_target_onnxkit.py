@@ -72,6 +72,27 @@ def test_save_above_the_threshold_writes_external_data_and_keeps_the_model_usabl
     monkeypatch.setattr(files, "EXTERNAL_DATA_BYTES", 10**12)
     files.save_model(model, path)  # back under the threshold: one file, the stale .data removed
     assert [p.name for p in files.model_files(path)] == ["m.onnx"]
+    files.save_model(model, path)  # keep=False: written in full, the caller's proto left without the data
+    monkeypatch.setattr(files, "EXTERNAL_DATA_BYTES", 1_000_000)
+    files.save_model(model, path, keep=False)
+    assert not table.HasField("raw_data") and onnx.external_data_helper.uses_external_data(table)
+    np.testing.assert_array_equal(numpy_helper.to_array(next(t for t in onnx.load(str(path)).graph.initializer
+                                                             if t.name == table.name)),
+                                  numpy_helper.to_array(table, base_dir=str(tmp_path)))
+
+
+def test_row_cosines_in_chunks_equal_one_pass():
+    from embedc.onnxkit.metrics import row_cosines
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(1001, 24)).astype(np.float32), rng.normal(size=(1001, 24)).astype(np.float32)
+    a[5] = b[5] = 0.0                                               # zero against zero counts as 1
+    whole = row_cosines(a, b, chunk=10**6)
+    np.testing.assert_allclose(row_cosines(a, b, chunk=64), whole, rtol=0, atol=0)
+    x, y = a.astype(np.float64), b.astype(np.float64)
+    ref = (x * y).sum(1) / np.maximum(np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1), 1e-30)
+    np.testing.assert_allclose(np.delete(whole, 5), np.delete(ref, 5), rtol=1e-12)
+    assert whole[5] == 1.0
 
 
 # ---- the QDQ consumer fix --------------------------------------------------------------------

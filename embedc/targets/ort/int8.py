@@ -91,7 +91,8 @@ def quantize_int8_dynamic(src: Path, dst: Path, *, settings: dict, options: dict
     return recipe
 
 
-def minmax_ranges(graph: onnx.ModelProto, stats: Activations) -> dict[str, tuple[np.float32, np.float32]]:
+def minmax_ranges(graph: onnx.ModelProto, stats: Activations,
+                  base_dir: str = "") -> dict[str, tuple[np.float32, np.float32]]:
     """ORT's MinMax ranges of every Linear MatMul input of ``graph`` (the
     smoothed model), from the activation capture: the same calibration feeds
     (batch 1, so no padding enters either), the per-channel min/max reduced
@@ -107,7 +108,8 @@ def minmax_ranges(graph: onnx.ModelProto, stats: Activations) -> dict[str, tuple
         x = node.input[0]
         mul = producer.get(x)
         if mul is not None and mul.op_type == "Mul" and mul.input[0] in stats.lo and mul.input[1] in inits:
-            inv = numpy_helper.to_array(inits[mul.input[1]]).astype(np.float32)  # the graph's own product
+            # the graph's own factor (read from base_dir when the graph was loaded without its external data)
+            inv = numpy_helper.to_array(inits[mul.input[1]], base_dir=base_dir).astype(np.float32)
             lo, hi = stats.lo[mul.input[0]] * inv, stats.hi[mul.input[0]] * inv
         elif x in stats.lo:
             lo, hi = stats.lo[x], stats.hi[x]
@@ -133,8 +135,8 @@ def calibrate(model_path: Path, feeds: Sequence[dict[str, np.ndarray]], input_na
     q = import_quantization()
     started = time.perf_counter()
     if method == "MinMax":
-        ranges = q.TensorsData(q.CalibrationMethod.MinMax,
-                               minmax_ranges(onnx.load(str(model_path), load_external_data=False), stats))
+        graph = onnx.load(str(model_path), load_external_data=False)  # the scales are read from their file
+        ranges = q.TensorsData(q.CalibrationMethod.MinMax, minmax_ranges(graph, stats, str(Path(model_path).parent)))
         q.save_tensors_data(ranges, cache)
         return {"method": method, "count": len(feeds), "seconds": round(time.perf_counter() - started, 1),
                 "tensors": len(ranges.data),
@@ -245,8 +247,8 @@ def quantize_int8_static(src: Path, dst: Path, *, feeds, input_names: Sequence[s
                                   "smoothed": sum(g["alpha"] is not None for g in groups)}
     prep = work / "static-input.onnx"
     strip_debug_metadata(model)
-    save_model(model, prep)
     external = needs_external_data(model)
+    save_model(model, prep, keep=False)
     # From here on the smoothed model lives in ``prep``: the float graph held in memory through
     # calibration, every search candidate and its session would be a second FP32 copy of the model.
     del model
