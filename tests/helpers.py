@@ -94,11 +94,11 @@ def scaled_copy(export_dir, out, factor: float = LINEAR_WEIGHT_SCALE):
     return out
 
 
-def floor_of(precision: str) -> tuple[float, float]:
+def floor_of(precision: str, floors: dict = FLOORS) -> tuple[float, float]:
     """The (mean, min) floor of a precision's family (int8-static -> int8)."""
-    return FLOORS[precision.split("-")[0]]
+    return floors[precision.split("-")[0]]
 
 
-def meets_floor(cos: np.ndarray, precision: str) -> bool:
-    mean, low = floor_of(precision)
+def meets_floor(cos: np.ndarray, precision: str, floors: dict = FLOORS) -> bool:
+    mean, low = floor_of(precision, floors)
     return bool(cos.mean() >= mean and cos.min() >= low)

@@ -16,7 +16,7 @@ import pytest
 
 from embedc.targets.openvino.backend import BACKEND as OPENVINO, PRECISIONS as OV_PRECISIONS, TARGETS as OV_TARGETS
 from embedc.targets.ort.backend import BACKEND as ORT, PRECISIONS as ORT_PRECISIONS, TARGETS as ORT_TARGETS
-from helpers import FLOORS, compile_once, cosines, embed
+from helpers import FLOORS, compile_once, cosines, embed, floor_of, meets_floor
 
 MODELS = {"bidirectional": "random-tiny-pplx", "causal": "random-tiny-qwen3-embedding"}
 TARGETS = {t.name: t for t in (*ORT_TARGETS, *OV_TARGETS)}
@@ -26,15 +26,6 @@ _BUILT: dict = {}
 # int4 worst 0.9689 / 0.91569 (causal, ORT); fp16 1.0. INT8 weights rounded to 4-bit resolution:
 # 0.947 / 0.877 (bidirectional), 0.893 / 0.735 (causal).
 DECODER_FLOORS = {**FLOORS, "int8": (0.997, 0.975), "int4": (0.96, 0.90)}
-
-
-def floor_of(precision: str) -> tuple[float, float]:
-    return DECODER_FLOORS[precision.split("-")[0]]
-
-
-def meets_floor(cos: np.ndarray, precision: str) -> bool:
-    mean, low = floor_of(precision)
-    return bool(cos.mean() >= mean and cos.min() >= low)
 
 
 @dataclasses.dataclass
@@ -90,7 +81,8 @@ def _cos(decoder, backend, out, res) -> np.ndarray:
 def test_decoder_precision_meets_its_floor(decoder, tmp_path_factory, backend, target, precision):
     out, res = _compile(decoder, tmp_path_factory, backend, target, precision)
     cos = _cos(decoder, backend, out, res)
-    assert meets_floor(cos, precision), (target, precision, cos.mean(), cos.min(), floor_of(precision))
+    assert meets_floor(cos, precision, DECODER_FLOORS), (target, precision, cos.mean(), cos.min(),
+                                                         floor_of(precision, DECODER_FLOORS))
     if precision.startswith("int"):  # the scaled model is sensitive: quantization visibly moves it
         assert cos.min() < 0.999999, (target, precision, cos.min())
 
@@ -111,5 +103,5 @@ def test_decoder_int8_floor_fails_a_broken_quantizer(decoder, tmp_path_factory, 
     broken = tmp_path / "broken"
     broken.mkdir()
     onnx.save(model, str(broken / res.model_file))
-    assert meets_floor(_cos(decoder, ORT, out, res), "int8")
-    assert not meets_floor(_cos(decoder, ORT, broken, res), "int8")
+    assert meets_floor(_cos(decoder, ORT, out, res), "int8", DECODER_FLOORS)
+    assert not meets_floor(_cos(decoder, ORT, broken, res), "int8", DECODER_FLOORS)
