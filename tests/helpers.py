@@ -65,10 +65,11 @@ LINEAR_WEIGHT_SCALE = 10.0
 FLOORS = {"fp32": (0.99999, 0.9999), "fp16": (0.9999, 0.9995), "int8": (0.9995, 0.995), "int4": (0.98, 0.96)}
 
 
-def scaled_copy(export_dir, out, factor: float = LINEAR_WEIGHT_SCALE):
-    """A copy of an export folder with every Linear weight multiplied by ``factor`` (its
-    embedc.json re-hashed): random tiny models' Linear layers barely move their output, so any
-    quantization scores 1.0 on them; scaled, a broken quantizer misses the floors."""
+def scaled_copy(export_dir, out, factor: float = LINEAR_WEIGHT_SCALE, *, tensors=None):
+    """A copy of an export folder with every Linear weight (or the initializers
+    ``tensors(model)`` names) multiplied by ``factor`` (its embedc.json re-hashed): random tiny
+    models' Linear layers barely move their output, so any quantization scores 1.0 on them;
+    scaled, a broken quantizer misses the floors."""
     import shutil
     from pathlib import Path
 
@@ -83,8 +84,8 @@ def scaled_copy(export_dir, out, factor: float = LINEAR_WEIGHT_SCALE):
     shutil.copytree(export_dir, out, ignore=shutil.ignore_patterns(ENTRY_JSON))
     model = onnx.load(str(out / "model.onnx"))
     inits = {i.name: i for i in model.graph.initializer}
-    for n in weight_matmuls(model):
-        t = inits[n.input[1]]
+    for name in (tensors(model) if tensors else [n.input[1] for n in weight_matmuls(model)]):
+        t = inits[name]
         t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) * factor, t.name))
     onnx.save(model, str(out / "model.onnx"))
     meta = read_meta(out)

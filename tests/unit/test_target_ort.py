@@ -155,6 +155,8 @@ def test_int8_dynamic_uses_integer_matmuls_and_an_int8_table(build):
     table = _table_node(model)
     assert initializer_map(model)[table.input[0]].data_type == onnx.TensorProto.UINT8
     assert res.recipe["settings"]["reduce_range"] is True
+    assert res.recipe["activations"] == "per-tensor (auto: encoder family)"  # encoders keep quantize_dynamic
+    assert "MatMulNBits" not in _ops(model)
 
 
 def test_int4_has_matmulnbits_and_a_4bit_table(build):
@@ -252,6 +254,9 @@ def test_vnni_and_arm64_targets_change_the_int8_recipe(build):
     ("int4", {"block_size": 48}, "block_size"),
     ("int8-dynamic", {"calibrate_method": "MinMax"}, "calibrate_method"),
     ("int8-dynamic", {"per_chanel": False}, "per_chanel"),
+    ("int8-dynamic", {"activations": "per-token"}, "activations"),
+    ("int8-dynamic", {"activations": "per-tensor", "block_size": 64}, "block_size"),
+    ("int8-dynamic", {"activations": "per-block", "per_channel": False}, "per_channel"),
     ("int8-static", {"exclude": ["layer..1"]}, "exclude"),
 ])
 def test_bad_options_raise_target_error_naming_them(compile_context, tmp_path, precision, options, named):
@@ -263,6 +268,15 @@ def test_bad_options_raise_target_error_naming_them(compile_context, tmp_path, p
     with pytest.raises(TargetError, match=named):  # compile validates again, before any work
         BACKEND.compile(target, precision, ctx, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_block_size_on_an_encoder_under_auto_activations_is_a_usage_error(compile_context, tmp_path):
+    """auto picks per-tensor for encoders, where block_size means nothing: say so, write nothing."""
+    ctx = dataclasses.replace(compile_context, options={"block_size": 64})
+    with pytest.raises(TargetError, match="block_size does not apply") as err:
+        BACKEND.compile(TARGET["ort-cpu"], "int8-dynamic", ctx, tmp_path / "out")
+    assert err.value.exit_code == 2 and "activations=per-block" in err.value.hint
+    assert not (tmp_path / "out" / "model.onnx").exists()
 
 
 def test_resolve_options_coerces_and_defaults():

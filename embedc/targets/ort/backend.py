@@ -96,7 +96,9 @@ SCHEMA: dict[str, dict[str, opt.Option]] = {
     "fp32": {"optimization": opt.choice("extended", ("extended", "basic", "disabled"))},
     "fp16": {"op_block_list": _op_names(FP16_BLOCK)},
     "int8-dynamic": {"exclude": opt.patterns(), "quantize_embedding": opt.flag(True),
-                     "per_channel": opt.flag(True), "embedding_block_size": opt.integer(128, power_of_two=True)},
+                     "per_channel": opt.flag(True), "embedding_block_size": opt.integer(128, power_of_two=True),
+                     "activations": opt.choice("auto", ("auto", "per-tensor", "per-block")),
+                     "block_size": opt.integer(None, power_of_two=True, none=True)},  # per-block: 32
     "int8-static": {"calibrate_method": opt.choice("MinMax", CALIBRATE_METHODS), "exclude": opt.patterns(),
                     "auto_exclude": _auto_exclude(DEFAULT_AUTO_EXCLUDE),
                     "target_mean": opt.number(0.998, **_TARGET_COSINE),
@@ -121,6 +123,13 @@ def resolve_options(precision: str, given: Mapping, target: str = "") -> dict:
     if precision == "int4" and is_torch_algorithm(resolved) and resolved["auto_exclude"]:
         raise TargetError(f"option auto_exclude does not apply to algorithm={resolved['algorithm']} "
                           f"({precision} on {target})", "drop auto_exclude, or name layers with exclude")
+    if precision == "int8-dynamic":  # checked on resolved values: compile resolves them again
+        scheme = resolved["activations"]
+        if (scheme == "per-tensor" and resolved["block_size"] is not None) or \
+                (scheme == "per-block" and not resolved["per_channel"]):
+            only = "block_size" if scheme == "per-tensor" else "per_channel"
+            raise TargetError(f"option {only} does not apply to activations={scheme} ({precision} on {target})",
+                              f"drop {only}, or choose the other activations scheme")
     return resolved
 
 
@@ -258,7 +267,8 @@ def _dispatch(precision: str, src: Path, dst: Path, settings: dict, options: dic
     if precision == "fp16":
         return _compile_fp16(src, dst, options)
     if precision == "int8-dynamic":
-        return ort_int8.quantize_int8_dynamic(src, dst, settings=settings, options=options, work=work)
+        return ort_int8.quantize_int8_dynamic(src, dst, settings=settings, options=options, work=work,
+                                              family=ctx.adapter.get("family", ""))
     if precision == "int8-static":
         return ort_int8.quantize_int8_static(src, dst, feeds=_feeds(ctx), input_names=ctx.input_names,
                                              settings=settings, options=options, work=work, threads=None)
@@ -303,6 +313,7 @@ def _compile_fp16(src: Path, dst: Path, options: dict) -> dict:
     from onnxruntime.transformers.float16 import convert_float_to_float16
     from onnxruntime.transformers.onnx_model import OnnxModel
 
+    from ...onnxkit.casts import drop_fp16_roundtrips, norm_nodes
     from ...onnxkit.files import load_model, needs_external_data, save_model
     from ...onnxkit.graph import strip_debug_metadata
     from ...onnxkit.session import quiet_ort_logs
@@ -310,10 +321,18 @@ def _compile_fp16(src: Path, dst: Path, options: dict) -> dict:
     model = load_model(src)
     external = needs_external_data(model)
     block = list(options["op_block_list"])
+    # Every node of every RMSNorm stays FP32, the Add(eps) between ReduceMean and Sqrt included, with no
+    # FP16 round trip between them: a decoder's residual stream reaches ~25,000 (SmolLM2's massive
+    # activations), so mean(x^2) ~ 1e6 overflows FP16 (413 of 684 SmolLM2 embeddings came out zero).
+    rms = sorted(norm_nodes(model))
     strip_debug_metadata(model)
     with quiet_ort_logs():
         model16 = convert_float_to_float16(model, keep_io_types=True, op_block_list=block,
+                                           node_block_list=rms,
                                            disable_shape_infer=external)  # onnx shape inference stops at 2 GB
+    casts = sum(n.op_type == "Cast" for n in model16.graph.node)
+    model16 = drop_fp16_roundtrips(model16, set(block), set(rms))  # kept -> kept stays FP32 (onnxkit/casts.py)
+    round_trips = casts - sum(n.op_type == "Cast" for n in model16.graph.node)
     # the converter appends the Casts around blocked nodes at the end (restore topological order), and
     # can leave an initializer's redundant value_info at fp16 while the tensor stays fp32 (drop those)
     OnnxModel(model16).topological_sort()
@@ -323,9 +342,11 @@ def _compile_fp16(src: Path, dst: Path, options: dict) -> dict:
         model16.graph.value_info.remove(v)
     save_model(model16, dst)
     return {"library_call": "onnxruntime.transformers.float16.convert_float_to_float16",
-            "settings": {"keep_io_types": True, "op_block_list": block, "disable_shape_infer": external},
-            "why": "normalization, softmax, pow/reductions and the pooling tail stay FP32 (FP16 overflow and "
-                   "accumulation error); inputs/outputs stay int64/float32",
+            "settings": {"keep_io_types": True, "op_block_list": block, "disable_shape_infer": external,
+                         "node_block_list": f"{len(rms)} RMSNorm nodes",
+                         "fp16_casts_removed": round_trips},
+            "why": "normalization (each RMSNorm whole), softmax, pow/reductions and the pooling tail stay FP32 "
+                   "(FP16 overflow and accumulation error); inputs/outputs stay int64/float32",
             "intended_for": "GPU execution providers (CUDA, DirectML, TensorRT EP); the CPU EP runs it for "
                             "parity only, slowly"}
 

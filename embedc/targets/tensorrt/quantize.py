@@ -210,7 +210,8 @@ def quantize_int4(model, ctx, work: Path, options: dict, tail) -> tuple[object, 
 
 def convert_fp16(model, ctx, work: Path, options: dict, tail) -> tuple[object, dict]:
     """FP16 weights/activations, FP32 keep-list behind Casts, int64 in / float32 out."""
-    from .graph import KEEP_FP32_OPS, norm_nodes
+    from ...onnxkit.casts import norm_nodes
+    from .graph import KEEP_FP32_OPS
 
     t0 = time.perf_counter()
     paths = module_paths(model)
