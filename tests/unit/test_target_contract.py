@@ -158,6 +158,12 @@ def test_ort_cache_facts_name_the_kernels_parity_ran_on(monkeypatch):
 
     assert any("VNNI" in u or "vnni" in u for u in _unverified(t, "int8-static", avx2))
     assert not _unverified(t, "int8-static", vnni)
+    # the reverse: an artifact for AVX2-only CPUs (or any CPU) judged on a VNNI host ran the VNNI kernels
+    for name in ("ort-cpu-avx2", "ort-cpu"):
+        assert any("AVX2 integer kernels (no VNNI) not exercised" in u
+                   for u in _unverified(get_target(name), "int8-dynamic", {**vnni, "machine": "x86_64"}))
+        assert not _unverified(get_target(name), "int8-dynamic", {**avx2, "machine": "x86_64"})
+        assert not _unverified(get_target(name), "fp32", {**vnni, "machine": "x86_64"})
 
 
 # ---- third-party exceptions come out typed, one line (defect 4) -------------------------------
