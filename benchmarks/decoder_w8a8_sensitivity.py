@@ -18,16 +18,18 @@ import numpy as np
 import torch
 
 
-def _fake_weight(w: torch.Tensor, qmax: float = 63.0) -> torch.Tensor:
-    scale = w.abs().amax(1, keepdim=True).clamp_min(1e-12) / qmax
-    return torch.round(w / scale).clamp(-qmax, qmax) * scale
+def _fake_weight(w: torch.Tensor) -> torch.Tensor:
+    """The INT8 recipe's own emulation (7-bit per output channel); torch weights are [out, in]."""
+    from embedc.targets.ort.smoothquant import _fake_quant_weight
+
+    return torch.from_numpy(_fake_quant_weight(w.T.numpy(), reduce_range=True).T.copy())
 
 
 def _fake_activation(x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
-    lo, hi = min(lo, 0.0), max(hi, 0.0)
-    scale = max(hi - lo, 1e-12) / 255.0
-    zero = round(-lo / scale)
-    return (torch.clamp(torch.round(x / scale) + zero, 0, 255) - zero) * scale
+    """The INT8 recipe's own per-tensor MinMax emulation (uint8 asymmetric)."""
+    from embedc.targets.ort.smoothquant import _fake_quant_act
+
+    return torch.from_numpy(_fake_quant_act(x.numpy(), lo, hi, signed=False))
 
 
 def main() -> None:

@@ -123,14 +123,23 @@ def resolve_options(precision: str, given: Mapping, target: str = "") -> dict:
     if precision == "int4" and is_torch_algorithm(resolved) and resolved["auto_exclude"]:
         raise TargetError(f"option auto_exclude does not apply to algorithm={resolved['algorithm']} "
                           f"({precision} on {target})", "drop auto_exclude, or name layers with exclude")
-    if precision == "int8-dynamic":  # checked on resolved values: compile resolves them again
-        scheme = resolved["activations"]
-        if (scheme == "per-tensor" and resolved["block_size"] is not None) or \
-                (scheme == "per-block" and not resolved["per_channel"]):
-            only = "block_size" if scheme == "per-tensor" else "per_channel"
-            raise TargetError(f"option {only} does not apply to activations={scheme} ({precision} on {target})",
-                              f"drop {only}, or choose the other activations scheme")
+    if precision == "int8-dynamic" and resolved["activations"] != "auto":  # auto: checked at compile
+        check_dynamic_scheme(resolved, resolved["activations"], f"activations={resolved['activations']} "
+                                                                f"({precision} on {target})")
     return resolved
+
+
+def check_dynamic_scheme(options: Mapping, scheme: str, where: str) -> None:
+    """An int8-dynamic option of the other activation scheme is a usage error (checked on
+    resolved values: compile resolves them again)."""
+    if scheme == "per-tensor" and options["block_size"] is not None:
+        name, does, other = "block_size", "its activations per tensor", "per-block"
+    elif scheme == "per-block" and not options["per_channel"]:
+        name, does, other = "per_channel", "its weights per block", "per-tensor"
+    else:
+        return
+    raise TargetError(f"option {name} does not apply to {where}: int8-dynamic quantizes {does}",
+                      f"drop {name}, or pass activations={other}")
 
 
 # ---- the backend
@@ -267,8 +276,11 @@ def _dispatch(precision: str, src: Path, dst: Path, settings: dict, options: dic
     if precision == "fp16":
         return _compile_fp16(src, dst, options)
     if precision == "int8-dynamic":
+        family = ctx.adapter.get("family", "")
+        check_dynamic_scheme(options, ort_int8.dynamic_activations(options, family),
+                             f"this {family or 'encoder'} model")
         return ort_int8.quantize_int8_dynamic(src, dst, settings=settings, options=options, work=work,
-                                              family=ctx.adapter.get("family", ""))
+                                              family=family)
     if precision == "int8-static":
         return ort_int8.quantize_int8_static(src, dst, feeds=_feeds(ctx), input_names=ctx.input_names,
                                              settings=settings, options=options, work=work, threads=None)

@@ -83,16 +83,7 @@ def quantize_int8_dynamic(src: Path, dst: Path, *, settings: dict, options: dict
     """INT8 weights, activations quantized at run time: per tensor through
     ``quantize_dynamic``, or per block of each token's row through 8-bit
     ``MatMulNBits`` (+ the 8-bit block table either way)."""
-    scheme = dynamic_activations(options, family)
-    # activations=auto picks the scheme by family only now: an option of the other scheme is an error
-    if scheme == "per-block" and not options["per_channel"]:
-        raise TargetError(f"option per_channel does not apply to this {family} model: int8-dynamic quantizes "
-                          "its weights per block", "drop per_channel, or pass activations=per-tensor")
-    if scheme == "per-tensor" and options["block_size"] is not None:
-        raise TargetError(f"option block_size does not apply to this {family or 'encoder'} model: "
-                          "int8-dynamic quantizes its activations per tensor",
-                          "drop block_size, or pass activations=per-block")
-    if scheme == "per-block":
+    if dynamic_activations(options, family) == "per-block":  # options checked by the backend
         return _int8_dynamic_per_block(src, dst, options, family)
     q = import_quantization()
     model = load_model(src)
