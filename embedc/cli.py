@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 
 import click
 
@@ -97,7 +96,9 @@ def models(as_json: bool) -> None:
 @click.option("--force", is_flag=True, help="Replace an existing output folder (only after success).")
 @click.option("--min-cosine", default=0.99999, show_default=True, type=float, help="Validation gate: per-text cosine.")
 @click.option("--max-abs-diff", default=1e-4, show_default=True, type=float, help="Validation gate: max abs difference.")
-def export(model, trust_remote_code, allow_pickle, out, opset, force, min_cosine, max_abs_diff) -> None:
+@click.option("--low-memory", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help="Meta-device export, weights one tensor at a time (auto: FP32 weights > 45% of RAM).")
+def export(model, trust_remote_code, allow_pickle, out, opset, force, min_cosine, max_abs_diff, low_memory) -> None:
     """Export the FP32 reference ONNX (pooled + normalized) and validate it against PyTorch."""
     from pathlib import Path
 
@@ -109,7 +110,12 @@ def export(model, trust_remote_code, allow_pickle, out, opset, force, min_cosine
     from .build.signals import handled
 
     with handled():  # SIGTERM cleans up like Ctrl-C
-        result = export_reference(source, out_dir, opset=opset, force=force,
+        from .exporter.low_memory import resolve_low_memory
+        from .families import load_model_tokenizer
+
+        family, _, adapter = load_model_tokenizer(source, shared=True)
+        low = resolve_low_memory(low_memory, family, source, adapter)
+        result = export_reference(source, out_dir, opset=opset, force=force, low_memory=low["enabled"],
                                   gate=ValidationGate(min_cosine=min_cosine, max_abs_diff=max_abs_diff))
     v = result.meta["validation"]
     click.echo(f"exported {source.name} -> {result.path}")
@@ -232,9 +238,11 @@ def _coerce(raw: str):
 @click.option("--executor", type=click.Choice(["local", "ray"]), default=None,
               help="Where artifacts are built: this process, or one Ray task per pair [default: spec, else local].")
 @click.option("--ray-address", default=None, help="Ray cluster address (implies --executor ray) [default: RAY_ADDRESS].")
+@click.option("--low-memory", type=click.Choice(["auto", "on", "off"]), default=None,
+              help="Meta-device export, weights one tensor at a time [default: spec, else auto: FP32 weights > 45% of RAM].")
 def build(spec_file, model, trust_remote_code, allow_pickle, target, precision, calib, calib_per_lang, eval_per_lang,
           seed, min_languages, max_length, eval_max_length, option, gate, out, force, dry_run, bench, threads, as_json,
-          junit, executor, ray_address, output_formats=None, output_dims=None) -> None:
+          junit, executor, ray_address, output_formats=None, output_dims=None, low_memory=None) -> None:
     """Export, calibrate, compile every (target, precision), check parity, report."""
     import dataclasses
 
@@ -246,6 +254,8 @@ def build(spec_file, model, trust_remote_code, allow_pickle, target, precision, 
         spec = dataclasses.replace(spec, model=dataclasses.replace(
             spec.model, trust_remote_code=trust_remote_code or spec.model.trust_remote_code,
             allow_pickle=allow_pickle or spec.model.allow_pickle))
+    if low_memory is not None:
+        spec = dataclasses.replace(spec, export=dataclasses.replace(spec.export, low_memory=low_memory))
     if output_formats is not None or output_dims is not None:
         from .outputs.spec import check as check_outputs
         from .outputs.spec import parse_dims, parse_formats

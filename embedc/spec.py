@@ -5,7 +5,8 @@ Spec file layout (every key optional except what a build needs)::
 
     out = "artifacts/e5-small"
     [model]        name, trust_remote_code, allow_pickle, query_prefix, passage_prefix, instruct_task
-    [export]       opset
+    [export]       opset, low_memory ("auto" | "on" | "off": meta-device export and tensor-by-tensor weights
+                   for models too large for this machine's memory; see embedc/exporter/low_memory.py)
     [calibration]  corpus ("default" or a path), calib_per_lang, eval_per_lang, long_per_lang, seed,
                    min_languages, max_length (calibration texts), eval_max_length (evaluation texts)
     [[matrix]]     target = "ort-cpu-avx2", precisions = ["fp32", "int8-static"], options = {int8-static = {...}}
@@ -45,6 +46,7 @@ class ModelSpec:
 @dataclass(frozen=True)
 class ExportSpec:
     opset: int = 18
+    low_memory: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -273,6 +275,11 @@ def validate(spec: BuildSpec) -> BuildSpec:
     _check_gate_keys(spec.run_gates, "--gate")
     for model, table in spec.model_gates.items():
         _check_gate_keys(table, f'gates.models."{model}"')
+    from .exporter.low_memory import SETTINGS as LOW_MEMORY_SETTINGS
+
+    if spec.export.low_memory not in LOW_MEMORY_SETTINGS:
+        raise SpecError(f"spec key 'export.low_memory' is {spec.export.low_memory!r}",
+                        f"choose one of: {', '.join(LOW_MEMORY_SETTINGS)}")
     c = spec.calibration
     if c.calib_per_lang < 1 or c.eval_per_lang < 2:
         raise SpecError("calibration sizes too small", "calib_per_lang >= 1 and eval_per_lang >= 2")

@@ -50,6 +50,7 @@ def build_manifest(spec, source, ref_meta: dict, split_summary: dict, outcomes, 
         "adapter": ref_meta.get("adapter"),
         "random_weights": source.random_weights,
         "reference_export": {"path": "export", "opset": ref_meta.get("opset"),
+                             "low_memory": ref_meta.get("low_memory", {"enabled": False}),
                              "validation": {k: ref_meta["validation"][k] for k in
                                             ("texts", "mean_cosine", "min_cosine", "max_abs_diff", "passed")},
                              "files": ref_meta.get("files", [])},

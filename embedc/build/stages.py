@@ -25,9 +25,9 @@ log = logging.getLogger("embedc")
 EXPORT_LIBS = ("torch", "transformers", "tokenizers", "onnx", "onnxscript", "onnxruntime")
 REFERENCE_LIBS = ("torch", "transformers", "tokenizers")
 # embedc source that shapes each stage's output; its digest is part of the stage's cache key
-EXPORT_CODE = ("exporter/*.py", "families/*.py", "models/loading.py")
+EXPORT_CODE = ("exporter/*.py", "families/*.py", "models/loading.py", "models/weights.py")
 REFERENCE_CODE = ("parity/reference.py", "parity/harness.py", "calibration/feeds.py", "exporter/wrapper.py",
-                  "families/*.py", "models/loading.py")
+                  "families/*.py", "models/loading.py", "models/weights.py")
 
 
 def versions_of(names) -> dict:
@@ -67,6 +67,7 @@ class Prepared:
     style: Any                  # calibration.PromptStyle
     model_hash: str
     out: Path
+    low_memory: dict | None = None   # exporter.low_memory.resolve_low_memory's answer (resolved on first use)
     _embedder: Any = field(default=None, repr=False)
 
     @property
@@ -82,12 +83,22 @@ class Prepared:
     def model_names(self) -> tuple[str, ...]:
         return (self.source.name, self.spec.model.name)
 
+    @property
+    def low_memory_enabled(self) -> bool:
+        if self.low_memory is None:
+            from ..exporter.low_memory import resolve_low_memory
+
+            self.low_memory = resolve_low_memory(self.spec.export.low_memory, self.family, self.source, self.adapter)
+        return bool(self.low_memory["enabled"])
+
     def embedder(self):
-        """The torch FP32 SentenceEmbedder, loaded once, only if a stage needs it."""
+        """The torch FP32 SentenceEmbedder, loaded once, only if a stage needs it
+        (filled one tensor at a time on the low-memory path)."""
         if self._embedder is None:
             from ..exporter.wrapper import SentenceEmbedder
 
-            self._embedder = SentenceEmbedder(self.family, self.family.load_torch(self.source, self.adapter),
+            kwargs = {"low_memory": True} if self.low_memory_enabled else {}
+            self._embedder = SentenceEmbedder(self.family, self.family.load_torch(self.source, self.adapter, **kwargs),
                                               self.adapter).eval()
         return self._embedder
 
@@ -155,13 +166,20 @@ def prepare(spec: BuildSpec, *, force: bool) -> Prepared:
         temps.sweep(out.absolute().parent, failed.name)
     splits = load_splits(spec)
     family, tokenizer, adapter = load_model_tokenizer(source, shared=True)
+    from ..exporter.low_memory import resolve_low_memory
+
+    low_memory = resolve_low_memory(spec.export.low_memory, family, source, adapter)
+    if low_memory["enabled"]:
+        log.info("low-memory path: %s", low_memory["reason"])
     return Prepared(spec=spec, source=source, family=family, adapter=adapter, tokenizer=tokenizer, splits=splits,
-                    style=prompt_style(spec, source), model_hash=hash_model_folder(source.path), out=out)
+                    style=prompt_style(spec, source), model_hash=hash_model_folder(source.path), out=out,
+                    low_memory=low_memory)
 
 
 # ---- export -------------------------------------------------------------------------------------
 def export_key(p: Prepared) -> str:
-    return content_key("export", {"model": p.model_hash, "opset": p.spec.export.opset,
+    low = {"low_memory": True} if p.low_memory_enabled else {}  # absent when off: normal keys stay as they were
+    return content_key("export", {"model": p.model_hash, "opset": p.spec.export.opset, **low,
                                   "adapter": p.adapter.to_dict(), "random": p.source.random_weights,
                                   "versions": versions_of(EXPORT_LIBS), "code": code_digest(*EXPORT_CODE)})
 
@@ -175,7 +193,7 @@ def export(p: Prepared, cache: StageCache) -> tuple[Path, str, dict]:
     if hit is None:
         log.info("exporting %s to ONNX", p.source.name)
         def fill(tmp):
-            export_reference(p.source, tmp, opset=p.spec.export.opset, force=True)
+            export_reference(p.source, tmp, opset=p.spec.export.opset, force=True, low_memory=p.low_memory_enabled)
             faults.point("export")
 
         hit = cache.store("export", key, {"model": p.source.name}, fill)

@@ -46,8 +46,12 @@ class ExportResult:
 
 
 def export_reference(source: ModelSource, out: Path, *, opset: int = 18, force: bool = False,
-                     gate: ValidationGate = ValidationGate()) -> ExportResult:
-    """Export, validate against torch, and write the self-describing folder atomically."""
+                     gate: ValidationGate = ValidationGate(), low_memory: bool = False) -> ExportResult:
+    """Export, validate against torch, and write the self-describing folder atomically.
+
+    ``low_memory`` (families that have it: decoders) traces the graph on the
+    meta device and streams the weights to the external-data file one tensor
+    at a time; the torch model exists only for the validation probes."""
     if opset not in SUPPORTED_OPSETS:
         raise UsageError(f"opset {opset} is not supported",
                          f"use {SUPPORTED_OPSETS.start}-{SUPPORTED_OPSETS.stop - 1}")
@@ -60,14 +64,28 @@ def export_reference(source: ModelSource, out: Path, *, opset: int = 18, force: 
     family, config = resolve_family(source)
     tokenizer = family.prepare_tokenizer(load_tokenizer(source))
     adapter = family.adapter(source, config, tokenizer)
-    model = family.load_torch(source, adapter)
-    embedder = SentenceEmbedder(family, model, adapter).eval()
+    if low_memory:
+        model, weights = family.weight_stream(source, adapter)
+    else:
+        model, weights = family.load_torch(source, adapter), None
     n_params = sum(p.numel() for p in model.parameters())
-    external = tensor_bytes_need_external_data(n_params * 4)  # the one policy every ONNX stage shares
+    external = low_memory or tensor_bytes_need_external_data(n_params * 4)  # the one policy every ONNX stage shares
 
     with staged_dir(Path(out), force=force) as tmp:
         t0 = time.perf_counter()
-        family.export_onnx(embedder, tokenizer, tmp / MODEL_FILE, opset=opset, external_data=external)
+        if low_memory:
+            from .streamed import streamed_export
+
+            streamed = streamed_export(SentenceEmbedder(family, model, adapter).eval(), weights, tokenizer,
+                                       tmp / MODEL_FILE, opset=opset)
+            low_memory_record = {"enabled": True, "weights": weights.describe(), "streamed_tensors": streamed,
+                                 "how": "graph traced on the meta device, weights written one tensor at a time"}
+            del model, weights
+        else:
+            embedder = SentenceEmbedder(family, model, adapter).eval()
+            del model
+            family.export_onnx(embedder, tokenizer, tmp / MODEL_FILE, opset=opset, external_data=external)
+            low_memory_record = {"enabled": False}
         release_rewriter_graphs()  # else onnxscript's rule sets keep the exported graph and the torch weights
         gc.collect()  # the exporter's graph holds cycles: free it before the probes run
         _check_dynamic(tmp / MODEL_FILE, adapter.input_names)
@@ -75,13 +93,16 @@ def export_reference(source: ModelSource, out: Path, *, opset: int = 18, force: 
         log.info("exported %s (%.0fM params) in %.1f s%s", source.name, n_params / 1e6, export_s,
                  " with external data" if external else "")
         t0 = time.perf_counter()
+        if low_memory:  # the torch model exists only now, filled one tensor at a time
+            release_memory()
+            embedder = SentenceEmbedder(family, family.load_torch(source, adapter, low_memory=True), adapter).eval()
         probes = torch_probes(embedder, tokenizer, input_names=list(adapter.input_names),
                               query_prefix=source.query_prefix, passage_prefix=source.passage_prefix,
                               max_length=adapter.max_length)
         # the ONNX session must not sit next to the torch model: together they are 2x FP32 in memory
-        del embedder, model
+        del embedder
         release_memory()
-        validation = check_onnx(tmp / MODEL_FILE, probes, gate)
+        validation = check_onnx(tmp / MODEL_FILE, probes, gate, low_memory=low_memory)
         validation["seconds"] = round(time.perf_counter() - t0, 2)
         save_tokenizer(tokenizer, tmp)
         fmt = {"pooling": adapter.pooling.mode, "final_norm": adapter.final_norm}
@@ -103,6 +124,7 @@ def export_reference(source: ModelSource, out: Path, *, opset: int = 18, force: 
             "prefixes": {"query": source.query_prefix, "passage": source.passage_prefix},
             "versions": library_versions(),
             "export_seconds": round(export_s, 2),
+            "low_memory": low_memory_record,
             "peak_rss_bytes": peak_rss_bytes(),
             "validation": validation,
         }

@@ -49,12 +49,15 @@ def validate_onnx(onnx_path: Path, embedder, tokenizer, *, input_names: list[str
 
 
 def check_onnx(onnx_path: Path, probes: list[tuple[str, dict, np.ndarray]],
-               gate: ValidationGate = ValidationGate()) -> dict:
-    """Run ``probes`` (from :func:`torch_probes`) through ONNX Runtime and judge them against ``gate``."""
+               gate: ValidationGate = ValidationGate(), *, low_memory: bool = False) -> dict:
+    """Run ``probes`` (from :func:`torch_probes`) through ONNX Runtime and judge them against ``gate``.
+    ``low_memory``: no pre-packed weight copies (MLAS would re-layout every MatMul weight)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    if low_memory:
+        opts.add_session_config_entry("session.disable_prepacking", "1")
     session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
     cells = {}
     all_cos, worst_abs = [], 0.0

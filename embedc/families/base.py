@@ -162,6 +162,7 @@ class ModelFamily(ABC):
     name: str = ""
     model_types: tuple[str, ...] = ()
     default_pooling: Pooling = Pooling()
+    low_memory_path: bool = False   # implements weight_stream() and load_torch(..., low_memory=True)
 
     def handles(self, config: dict) -> bool:
         return config.get("model_type") in self.model_types
@@ -185,7 +186,17 @@ class ModelFamily(ABC):
     def load_torch(self, source: ModelSource, adapter: ModelAdapter) -> torch.nn.Module:
         """The FP32 body in eval mode with eager attention; safetensors only
         unless ``source.allow_pickle``; remote code only with
-        ``source.trust_remote_code``."""
+        ``source.trust_remote_code``. A family with a low-memory path also
+        takes ``low_memory=True`` (fill the body one tensor at a time)."""
+
+    def weight_stream(self, source: ModelSource, adapter: ModelAdapter | None = None) -> tuple[Any, Any]:
+        """The low-memory path: (body with parameters on the meta device and
+        real buffers, ``embedc.models.weights.WeightSource`` of its FP32
+        tensors). Families without one raise."""
+        from ..errors import UsageError
+
+        raise UsageError(f"the {self.name} model family has no low-memory path",
+                         "use --low-memory auto or off, or [export] low_memory in the spec")
 
     @abstractmethod
     def hidden_states(self, model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,

@@ -31,6 +31,7 @@ class DecoderFamily(ModelFamily):
     name = "decoder"
     model_types = tuple(ARCHITECTURES)
     default_pooling = Pooling("last")
+    low_memory_path = True
 
     def replaces_remote_code(self, config: dict) -> bool:
         """pplx-embed's remote code is Qwen3Model with bidirectional attention:
@@ -57,18 +58,48 @@ class DecoderFamily(ModelFamily):
             final_norm="rmsnorm", padding_side=getattr(tokenizer, "padding_side", "right") or "right",
             outputs=outputs, notes=tuple(notes))
 
-    def load_torch(self, source, adapter: ModelAdapter | None = None):
+    def load_torch(self, source, adapter: ModelAdapter | None = None, *, low_memory: bool = False):
         """embedc's own FP32 body (eager attention, no KV cache); the folder's
         remote code only for a model type embedc does not replace, with
-        ``source.trust_remote_code``."""
+        ``source.trust_remote_code``. ``low_memory`` fills the body tensor by
+        tensor (peak: FP32 size plus one tensor, not transformers' loading copies)."""
         from ..models.loading import read_config
 
         config = read_config(source.path)
         if "auto_map" in config and not self.replaces_remote_code(config):
+            if low_memory:
+                raise ModelSourceError(f"{source.name} runs its own remote code, which the low-memory path "
+                                       "cannot load tensor by tensor", "build with --low-memory off")
             from .decoder_remote import load_remote_torch
 
             return load_remote_torch(source)
+        if low_memory or _random_seed(source) is not None:
+            from ..models.weights import materialize
+
+            model, weights = self.weight_stream(source)
+            return materialize(model, weights)
         return load_own_torch(source, config)
+
+    def weight_stream(self, source, adapter: ModelAdapter | None = None):
+        """The body with its parameters on the meta device (buffers real) and
+        the source of its FP32 tensors: seeded per tensor for a random preset,
+        the folder's safetensors otherwise."""
+        from ..models.loading import read_config
+        from ..models.weights import SafetensorsWeights, SeededWeights, parameter_shapes, parameters_on_meta
+
+        config = read_config(source.path)
+        hf_config = build_hf_config(config, source.name)
+        with parameters_on_meta():
+            model = model_class(config["model_type"])(hf_config)
+        seed = _random_seed(source)
+        if seed is not None:
+            weights = SeededWeights(parameter_shapes(model), seed, float(getattr(hf_config, "initializer_range", 0.02)))
+        else:
+            if loadable_weights_format(source) != "safetensors":
+                raise ModelSourceError(f"{source.path} has no safetensors weights; the low-memory path reads "
+                                       "safetensors only", "convert the checkpoint to safetensors")
+            weights = SafetensorsWeights(source.path, list(parameter_shapes(model)))
+        return model.eval(), weights
 
     def model_inputs(self, model, attention_mask, adapter: ModelAdapter) -> dict:
         if getattr(model, REMOTE_ATTR, False):  # their code, called the way sentence-transformers does
@@ -91,21 +122,12 @@ class DecoderFamily(ModelFamily):
 
 
 def load_own_torch(source, config: dict):
-    """Qwen3Model / Qwen2Model / LlamaModel from safetensors (or seeded random
-    weights for a random preset), whatever the folder's model_type and auto_map say."""
+    """Qwen3Model / Qwen2Model / LlamaModel from safetensors, whatever the
+    folder's model_type and auto_map say."""
     import torch
-
-    from ..models.catalog import RANDOM_MARKER
 
     hf_config = build_hf_config(config, source.name)
     cls = model_class(config["model_type"])
-    marker = source.path / RANDOM_MARKER
-    if marker.is_file():
-        seed = json.loads(marker.read_text())["seed"]
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            model = cls(hf_config)
-        return model.float().eval()
     fmt = loadable_weights_format(source)
     try:
         model, info = cls.from_pretrained(str(source.path), config=hf_config, dtype=torch.float32,
@@ -118,6 +140,14 @@ def load_own_torch(source, config: dict):
         raise ModelSourceError(f"{source.path} lacks {len(missing)} weight(s) of {cls.__name__} (e.g. {missing[0]})",
                                "the checkpoint does not match its config.json")
     return model.float().eval()
+
+
+def _random_seed(source) -> int | None:
+    """The seed of a random preset folder (its weights are drawn per tensor), else None."""
+    from ..models.catalog import RANDOM_MARKER
+
+    marker = source.path / RANDOM_MARKER
+    return int(json.loads(marker.read_text())["seed"]) if marker.is_file() else None
 
 
 def attention_inputs(attention_mask, attention: str, dtype):

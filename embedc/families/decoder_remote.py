@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..errors import ModelSourceError
-from .decoder import REMOTE_ATTR, load_own_torch
+from .decoder import REMOTE_ATTR
 
 
 def load_remote_torch(source):
@@ -37,7 +37,7 @@ def remote_code_parity(source, texts: Sequence[str], *, tokenizer=None, adapter=
     import torch
 
     from ..exporter.wrapper import pool
-    from ..models.loading import load_tokenizer, read_config
+    from ..models.loading import load_tokenizer
     from . import adapter_for
     from .base import get_family
 
@@ -47,7 +47,7 @@ def remote_code_parity(source, texts: Sequence[str], *, tokenizer=None, adapter=
     family = get_family("decoder")
     tokenizer = tokenizer or family.prepare_tokenizer(load_tokenizer(source))
     adapter = adapter or adapter_for(source, tokenizer)
-    own = load_own_torch(source, read_config(source.path))
+    own = family.load_torch(source, adapter)  # embedc's own path: this family replaces the remote code
     theirs = load_remote_torch(source)
     got = {"own": [], "remote": []}
     with torch.inference_mode():

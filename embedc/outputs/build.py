@@ -57,6 +57,9 @@ def _session(export_dir: Path, ref_meta: dict):
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 2
     opts.log_severity_level = 3
+    if (ref_meta.get("low_memory") or {}).get("enabled"):
+        # no pre-packed copy of every weight: the session then reads the memory-mapped external data
+        opts.add_session_config_entry("session.disable_prepacking", "1")
     return ort.InferenceSession(str(Path(export_dir) / ref_meta["model_file"]), opts,
                                 providers=["CPUExecutionProvider"])
 
@@ -88,6 +91,7 @@ def prepare_job(pl: OutputsPlan, spec, *, export_dir: Path, ref_meta: dict, cali
 
     sources = sorted({h.source for h in pl.heads} | {SENTENCE})
     ranges = {}
+    sess = None  # one session on the FP32 export for both passes (two would hold it twice)
     if any(h.needs_calibration for h in pl.heads):
         sess = _session(export_dir, ref_meta)
         names = [i.name for i in sess.get_inputs()]
@@ -102,13 +106,14 @@ def prepare_job(pl: OutputsPlan, spec, *, export_dir: Path, ref_meta: dict, cali
     work_root = Path(work_root)
     eval_files = {SENTENCE: str(reference_file)}  # the torch FP32 reference (normalized)
     if POOLED in sources:
-        sess = _session(export_dir, ref_meta)
+        sess = sess or _session(export_dir, ref_meta)
         names = [i.name for i in sess.get_inputs()]
         got = run_texts(lambda f, n: dict(zip(n, sess.run(n, f))), tokenizer, eval_texts, input_names=names,
                         max_length=eval_max_length, names=[POOLED])
         path = work_root / "outputs-eval-pooler_output.npy"
         np.save(path, got[POOLED].astype(np.float32))
         eval_files[POOLED] = str(path)
+    sess = None  # free the FP32 session before the artifact jobs
     ranges_blob = json.dumps(ranges, sort_keys=True).encode()
     o = spec.outputs
     digest = hashlib.sha256(json.dumps({

@@ -271,6 +271,13 @@ def _dispatch(precision: str, src: Path, dst: Path, settings: dict, options: dic
               work: Path) -> dict:
     from . import int4 as ort_int4, int8 as ort_int8
 
+    if (ctx.reference_meta.get("low_memory") or {}).get("enabled"):
+        if precision != "int4":
+            raise CompileError(f"ORT {precision} loads the whole FP32 model, which the low-memory path avoids",
+                               "build int4 for ORT (or OpenVINO targets), or build with --low-memory off")
+        from .int4_streamed import quantize_int4_streamed
+
+        return quantize_int4_streamed(src, dst, options=options)
     if precision == "fp32":
         return _compile_fp32(src, dst, options)
     if precision == "fp16":
