@@ -110,7 +110,7 @@ def export(model, trust_remote_code, allow_pickle, out, opset, force, min_cosine
     from .build.signals import handled
 
     with handled():  # SIGTERM cleans up like Ctrl-C
-        from .exporter.low_memory import resolve_low_memory
+        from .build.low_memory import resolve_low_memory
         from .families import load_model_tokenizer
 
         family, _, adapter = load_model_tokenizer(source, shared=True)

@@ -6,7 +6,7 @@ Spec file layout (every key optional except what a build needs)::
     out = "artifacts/e5-small"
     [model]        name, trust_remote_code, allow_pickle, query_prefix, passage_prefix, instruct_task
     [export]       opset, low_memory ("auto" | "on" | "off": meta-device export and tensor-by-tensor weights
-                   for models too large for this machine's memory; see embedc/exporter/low_memory.py)
+                   for models too large for this machine's memory; see embedc/build/low_memory.py)
     [calibration]  corpus ("default" or a path), calib_per_lang, eval_per_lang, long_per_lang, seed,
                    min_languages, max_length (calibration texts), eval_max_length (evaluation texts)
     [[matrix]]     target = "ort-cpu-avx2", precisions = ["fp32", "int8-static"], options = {int8-static = {...}}
@@ -275,7 +275,7 @@ def validate(spec: BuildSpec) -> BuildSpec:
     _check_gate_keys(spec.run_gates, "--gate")
     for model, table in spec.model_gates.items():
         _check_gate_keys(table, f'gates.models."{model}"')
-    from .exporter.low_memory import SETTINGS as LOW_MEMORY_SETTINGS
+    from .build.low_memory import SETTINGS as LOW_MEMORY_SETTINGS
 
     if spec.export.low_memory not in LOW_MEMORY_SETTINGS:
         raise SpecError(f"spec key 'export.low_memory' is {spec.export.low_memory!r}",

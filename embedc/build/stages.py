@@ -67,7 +67,7 @@ class Prepared:
     style: Any                  # calibration.PromptStyle
     model_hash: str
     out: Path
-    low_memory: dict | None = None   # exporter.low_memory.resolve_low_memory's answer (resolved on first use)
+    low_memory: dict | None = None   # build.low_memory.resolve_low_memory's answer (resolved on first use)
     _embedder: Any = field(default=None, repr=False)
 
     @property
@@ -86,7 +86,7 @@ class Prepared:
     @property
     def low_memory_enabled(self) -> bool:
         if self.low_memory is None:
-            from ..exporter.low_memory import resolve_low_memory
+            from .low_memory import resolve_low_memory
 
             self.low_memory = resolve_low_memory(self.spec.export.low_memory, self.family, self.source, self.adapter)
         return bool(self.low_memory["enabled"])
@@ -166,7 +166,7 @@ def prepare(spec: BuildSpec, *, force: bool) -> Prepared:
         temps.sweep(out.absolute().parent, failed.name)
     splits = load_splits(spec)
     family, tokenizer, adapter = load_model_tokenizer(source, shared=True)
-    from ..exporter.low_memory import resolve_low_memory
+    from .low_memory import resolve_low_memory
 
     low_memory = resolve_low_memory(spec.export.low_memory, family, source, adapter)
     if low_memory["enabled"]:

@@ -16,7 +16,7 @@ import torch
 
 from decoder_folders import tiny, write_tiny_folder
 from embedc.errors import CompileError, ModelSourceError, SpecError, UsageError
-from embedc.exporter.low_memory import resolve_low_memory
+from embedc.build.low_memory import resolve_low_memory
 from embedc.models import resolve_model
 from embedc.models.weights import SafetensorsWeights, SeededWeights, materialize
 from embedc.targets.ort.backend import BACKEND as ORT, TARGETS as ORT_TARGETS
@@ -47,27 +47,40 @@ def _run(onnx_path, feeds):
     return ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(None, feeds)
 
 
-def test_streamed_export_is_the_normal_export(hub_folder, tmp_path):
-    """Same folder, both paths: the same ops in the same order, the same initializer
-    names, outputs equal to 1e-6 on a padded multilingual batch; the meta-device path
-    records itself and validates against torch like the normal one."""
-    from embedc.exporter import export_reference
+def test_streamed_export_is_the_normal_export(stage_cache, cached_export, tmp_path):
+    """``export.low_memory = "on"`` in a build: the export stage streams (under its own cache
+    key) and gives the normal export's graph (the same ops in the same order, the same
+    initializer names) and outputs (to 1e-6 on a padded multilingual batch), records itself
+    and validates against torch like the normal one; the reference stage's torch body is
+    filled tensor by tensor with the same weights."""
+    from embedc.build import stages
+    from embedc.build.cache import StageCache
+    from embedc.spec import BuildSpec, ExportSpec, MatrixEntry, ModelSpec
 
-    source = resolve_model(str(hub_folder))
-    normal = export_reference(source, tmp_path / "normal")
-    streamed = export_reference(source, tmp_path / "streamed", low_memory=True)
-    record = streamed.meta["low_memory"]
+    def prepared(setting):
+        spec = BuildSpec(model=ModelSpec(name=CAUSAL), export=ExportSpec(low_memory=setting),
+                         matrix=(MatrixEntry("ort-cpu", ("int4",)),), out=str(tmp_path / setting))
+        return stages.prepare(spec, force=False)
+
+    on, off = prepared("on"), prepared("off")
+    assert on.low_memory_enabled and not off.low_memory_enabled
+    assert stages.export_key(on) != stages.export_key(off)
+    streamed, _, meta = stages.export(on, StageCache(stage_cache))
+    normal = cached_export(CAUSAL)  # the normal path, shared with the other tests
+    record = meta["low_memory"]
     assert record["enabled"] and record["streamed_tensors"] == sum(1 for _ in tiny(CAUSAL).model.parameters())
-    assert normal.meta["low_memory"] == {"enabled": False}
-    assert streamed.meta["validation"]["passed"] and streamed.meta["validation"]["min_cosine"] > 0.99999
-    graphs = [onnx.load(str(r.path / "model.onnx"), load_external_data=False).graph for r in (normal, streamed)]
+    assert json.loads((normal / "embedc.json").read_text())["low_memory"] == {"enabled": False}
+    assert meta["validation"]["passed"] and meta["validation"]["min_cosine"] > 0.99999
+    graphs = [onnx.load(str(d / "model.onnx"), load_external_data=False).graph for d in (normal, streamed)]
     assert [n.op_type for n in graphs[0].node] == [n.op_type for n in graphs[1].node]
     assert sorted(t.name for t in graphs[0].initializer) == sorted(t.name for t in graphs[1].initializer)
     tok = tiny(CAUSAL).tokenizer
     feeds = {k: v for k, v in tok(TEXTS, padding=True, return_tensors="np").items()
              if k in ("input_ids", "attention_mask")}
-    for a, b in zip(_run(normal.path / "model.onnx", feeds), _run(streamed.path / "model.onnx", feeds)):
+    for a, b in zip(_run(normal / "model.onnx", feeds), _run(streamed / "model.onnx", feeds)):
         assert np.abs(a - b).max() <= 1e-6
+    body = on.embedder().encoder.state_dict()
+    assert all(torch.equal(body[k], v) for k, v in tiny(CAUSAL).model.state_dict().items())
 
 
 def test_streamed_export_reads_each_weight_once(tmp_path):
@@ -195,7 +208,7 @@ def test_streamed_int4_writes_the_recipes_weights(bidir_context, tmp_path, embed
 def test_low_memory_refusals(bidir_context, tmp_path, monkeypatch):
     """What the path cannot do is one line, before any work: ORT precisions that load the
     whole model, calibrated int4, a family without the path, a bad spec value."""
-    from embedc.exporter import low_memory
+    from embedc.build import low_memory
     from embedc.families.base import get_family
     from embedc.spec import BuildSpec, ExportSpec, validate
 
@@ -218,27 +231,6 @@ def test_low_memory_refusals(bidir_context, tmp_path, monkeypatch):
     monkeypatch.setattr(low_memory, "machine_memory_bytes", lambda: 10 << 20)  # a 10 MB machine
     decided = resolve_low_memory("auto", t.family, t.source, t.adapter)
     assert decided["enabled"] and "45% of this machine's 0.0 GB" in decided["reason"]
-
-
-def test_build_stages_take_the_low_memory_path(stage_cache, tmp_path):
-    """``export.low_memory = "on"``: the export stage streams (its own cache key), and the
-    reference stage's torch body is filled tensor by tensor with the same weights."""
-    from embedc.build import stages
-    from embedc.build.cache import StageCache
-    from embedc.spec import BuildSpec, ExportSpec, MatrixEntry, ModelSpec
-
-    def prepared(setting):
-        spec = BuildSpec(model=ModelSpec(name=CAUSAL), export=ExportSpec(low_memory=setting),
-                         matrix=(MatrixEntry("ort-cpu", ("int4",)),), out=str(tmp_path / setting))
-        return stages.prepare(spec, force=False)
-
-    on, off = prepared("on"), prepared("off")
-    assert on.low_memory_enabled and not off.low_memory_enabled
-    assert stages.export_key(on) != stages.export_key(off)
-    folder, _, meta = stages.export(on, StageCache(stage_cache))
-    assert meta["low_memory"]["enabled"] and json.loads((folder / "embedc.json").read_text())["low_memory"]["enabled"]
-    body = on.embedder().encoder.state_dict()
-    assert all(torch.equal(body[k], v) for k, v in tiny(CAUSAL).model.state_dict().items())
 
 
 def test_outputs_session_on_a_low_memory_export_reads_mapped_weights(bidir_context):
