@@ -4,9 +4,9 @@ recipe).
 
 ``auto`` turns it on when the model's FP32 weights exceed
 ``AUTO_FRACTION`` of this machine's memory: the normal path holds the torch
-model and the exporter's or quantizer's copies at once, about 2-3x the FP32
-size (a 0.6B decoder, 2.4 GB, peaked at 7.8 GB), so beyond ~45% of RAM it
-cannot fit. ``on`` forces it (tests; a machine shared with other jobs),
+model and the exporter's or quantizer's copies at once, 2-3x the FP32 size
+(the 0.6B decoder's build peaked at 2.95x its 2.4 GB), so beyond ~45% of RAM
+it cannot fit (the low-memory 4B build peaked at 1.2x its 16.1 GB). ``on`` forces it (tests; a machine shared with other jobs),
 ``off`` never uses it."""
 from __future__ import annotations
 
