@@ -10,6 +10,7 @@ it cannot fit (the low-memory 4B build peaked at 1.2x its 16.1 GB). ``on`` force
 ``off`` never uses it."""
 from __future__ import annotations
 
+import contextlib
 import os
 
 from ..errors import UsageError
@@ -21,13 +22,11 @@ AUTO_FRACTION = 0.45
 def machine_memory_bytes() -> int:
     """Physical memory, or the cgroup limit when that is smaller (containers)."""
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    try:
+    with contextlib.suppress(OSError):  # no cgroup v2 limit file: the physical memory stands
         with open("/sys/fs/cgroup/memory.max", encoding="ascii") as f:
             limit = f.read().strip()
         if limit.isdigit():
             total = min(total, int(limit))
-    except OSError:
-        pass
     return total
 
 

@@ -7,6 +7,7 @@ its family adapter, which the export records for every later stage.
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import time
@@ -140,6 +141,15 @@ def _output_entry(name: str, hidden: int, fmt: dict) -> dict:
 
 def dynamo_export(embedder, tokenizer, path: Path, *, opset: int, external_data: bool) -> None:
     """torch.onnx.export(dynamo=True) with dynamic batch and sequence axes."""
+    with export_errors(path, "torch.onnx export", "check the model loads in transformers with "
+                                                  "attn_implementation='eager'"):
+        trace_program(embedder, tokenizer, opset=opset).save(str(path), external_data=external_data)
+
+
+def trace_program(embedder, tokenizer, *, opset: int, on_meta: bool = False):
+    """The ``ONNXProgram`` of ``embedder`` (dynamo, dynamic batch and sequence axes).
+    ``on_meta``: the sample inputs on the meta device (the model's parameters are
+    there too) and no optimization yet: the caller attaches the weights first."""
     import torch
 
     # Batch >= 2 and seq >= 2 so the exporter does not specialize those axes to constants.
@@ -147,21 +157,27 @@ def dynamo_export(embedder, tokenizer, path: Path, *, opset: int, external_data:
     sample = tokenizer(["embedc export sample text", "a second, longer sample text for the trace"],
                        padding=True, return_tensors="pt")
     axes = {0: "batch", 1: "sequence"}
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        warnings.simplefilter("ignore")
+        return torch.onnx.export(
+            embedder, tuple(sample[n].to("meta") if on_meta else sample[n] for n in names), dynamo=True,
+            opset_version=opset, input_names=names, output_names=list(embedder.adapter.outputs),
+            dynamic_shapes={n: axes for n in names}, optimize=not on_meta, verbose=False)
+
+
+@contextlib.contextmanager
+def export_errors(path: Path, what: str, hint: str):
+    """A full disk as its own one-line error; any other exporter failure as ``ExportError``."""
     try:
-        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(
-                embedder, tuple(sample[n] for n in names), dynamo=True, opset_version=opset,
-                input_names=names, output_names=list(embedder.adapter.outputs),
-                dynamic_shapes={n: axes for n in names}, verbose=False)
-        program.save(str(path), external_data=external_data)
+        yield
+    except ExportError:
+        raise
     except Exception as exc:
         if isinstance(exc, OSError):
             from ..fsutil import raise_if_disk_full
 
             raise_if_disk_full(exc, Path(path).parent)
-        raise ExportError(f"torch.onnx export failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}",
-                          "check the model loads in transformers with attn_implementation='eager'") from exc
+        raise ExportError(f"{what} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}", hint) from exc
 
 
 def _check_dynamic(path: Path, input_names) -> None:

@@ -18,13 +18,9 @@ checks that both paths give the same graph and outputs.
 """
 from __future__ import annotations
 
-import logging
-import warnings
 from pathlib import Path
 
 from ..errors import ExportError
-
-log = logging.getLogger("embedc")
 
 BODY_PREFIX = "encoder."  # SentenceEmbedder's attribute for the body (every initializer name starts with it)
 
@@ -33,33 +29,16 @@ def streamed_export(embedder, weights, tokenizer, path: Path, *, opset: int) -> 
     """Export ``embedder`` (a SentenceEmbedder whose body has meta parameters
     and real buffers) to ``path`` with external data; return how many weight
     tensors were streamed."""
-    import torch
+    from .export import export_errors, trace_program
 
     buffers = {name: b.detach().clone() for name, b in embedder.named_buffers()}
     embedder = embedder.to("meta")
-    names = list(embedder.adapter.input_names)
-    sample = tokenizer(["embedc export sample text", "a second, longer sample text for the trace"],
-                       padding=True, return_tensors="pt")
-    axes = {0: "batch", 1: "sequence"}
-    try:
-        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(
-                embedder, tuple(sample[n].to("meta") for n in names), dynamo=True, opset_version=opset,
-                input_names=names, output_names=list(embedder.adapter.outputs),
-                dynamic_shapes={n: axes for n in names}, optimize=False, verbose=False)
+    with export_errors(path, "low-memory export", "build with --low-memory off on a machine with room for the "
+                                                  "FP32 model"):
+        program = trace_program(embedder, tokenizer, opset=opset, on_meta=True)
         streamed = attach_weights(program.model, weights, buffers)
         program.optimize()
         program.save(str(path), external_data=True)
-    except ExportError:
-        raise
-    except Exception as exc:
-        if isinstance(exc, OSError):
-            from ..fsutil import raise_if_disk_full
-
-            raise_if_disk_full(exc, Path(path).parent)
-        raise ExportError(f"low-memory export failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}",
-                          "build with --low-memory off on a machine with room for the FP32 model") from exc
     return streamed
 
 

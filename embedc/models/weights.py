@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from abc import ABC, abstractmethod
 import zlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -27,14 +28,16 @@ from torch import nn
 from ..errors import ModelSourceError
 
 
-class WeightSource:
+class WeightSource(ABC):
     """FP32 tensors by the body's own parameter names (``layers.0.mlp.up_proj.weight``)."""
 
+    @abstractmethod
     def tensor(self, name: str) -> torch.Tensor:
-        raise NotImplementedError
+        """The tensor ``name`` in FP32, read or drawn now."""
 
+    @abstractmethod
     def describe(self) -> str:
-        raise NotImplementedError
+        """Where the tensors come from, for the export record."""
 
 
 class SeededWeights(WeightSource):
