@@ -44,7 +44,10 @@ def _setup_logging(quiet: bool, verbose: bool) -> None:
     logger.setLevel(level)
     logger.propagate = False
     for noisy in ("onnx_ir", "onnxscript", "torch.onnx", "torch.onnx._internal.exporter._registration",
-                  "nncf", "transformers"):
+                  "nncf", "transformers",
+                  # transformers imports torchao when installed (neural-compressor[pt] brings it): it warns
+                  # that its CUDA kernels do not load, and torch that torchao registers enums the old way
+                  "torchao", "torch.utils._pytree"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     from transformers.utils import logging as hf_logging
 

@@ -73,7 +73,7 @@ def build(spec: BuildSpec, *, force: bool = False, cache_dir: Path | None = None
         jobs = plan_jobs(p, data, export_dir, export_key, ref_meta, reference_dir / "embeddings.npy", cache,
                          work_root)
         if outputs_plan is not None:
-            jobs = _with_outputs(jobs, outputs_plan, p, data, export_dir, ref_meta, reference_dir, work_root)
+            jobs = _with_outputs(jobs, outputs_plan, p, data, export_dir, export_key, ref_meta, reference_dir, cache)
         outcomes = executor.run(jobs, on_done=_log_outcome)
     finally:
         shutil.rmtree(work_root, ignore_errors=True)
@@ -119,16 +119,17 @@ def plan_jobs(p: stages.Prepared, data: stages.BuildData, export_dir: Path, expo
     return jobs
 
 
-def _with_outputs(jobs, outputs_plan, p, data, export_dir, ref_meta, reference_dir, work_root):
+def _with_outputs(jobs, outputs_plan, p, data, export_dir, export_key, ref_meta, reference_dir, cache):
     """Compressed outputs: int8 ranges from the FP32 export on the calibration split, once per
     build; each job gets them and a key that covers them (embedc/outputs/build.py)."""
     from ..outputs.build import prepare_job
     from .cache import content_key
 
-    outputs = prepare_job(outputs_plan, p.spec, export_dir=export_dir, ref_meta=ref_meta,
+    outputs = prepare_job(outputs_plan, p.spec, export_dir=export_dir, export_key=export_key, ref_meta=ref_meta,
                           calibration=data.calibration, calibration_hash=data.calibration_hash,
-                          tokenizer=p.tokenizer, eval_texts=data.eval_texts, eval_max_length=p.eval_max_length,
-                          reference_file=reference_dir / "embeddings.npy", work_root=work_root)
+                          tokenizer=p.tokenizer, eval_texts=data.eval_texts,
+                          eval_max_length=p.eval_max_length, reference_file=reference_dir / "embeddings.npy",
+                          cache=cache)
     return [dataclasses.replace(j, outputs=outputs,
                                 key=content_key("artifact-outputs", {"artifact": j.key, "outputs": outputs["digest"]}))
             for j in jobs]

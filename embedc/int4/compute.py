@@ -35,6 +35,7 @@ import contextlib
 import io
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -194,6 +195,21 @@ def _autoround(model, windows: np.ndarray, s: Int4Settings, tokenizer) -> dict[s
     return out
 
 
+@contextlib.contextmanager
+def _inc_workspace():
+    """neural-compressor creates ``./nc_workspace/<time>/`` in the caller's working folder the first
+    time its options are read: point it at a temporary folder embedc owns and removes."""
+    from neural_compressor.common import options
+
+    old = options._workspace  # the getter would create the default folder
+    with tempfile.TemporaryDirectory(prefix="embedc-inc-") as tmp:
+        options.workspace = tmp
+        try:
+            yield
+        finally:
+            options._workspace = old
+
+
 def _inc(model, windows: np.ndarray, s: Int4Settings) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     import torch
     from neural_compressor.torch.quantization import GPTQConfig, convert, prepare
@@ -201,7 +217,7 @@ def _inc(model, windows: np.ndarray, s: Int4Settings) -> dict[str, tuple[np.ndar
     names = linear_names(model)
     weights = {n: m.weight.detach().clone() for n, m in model.named_modules() if n in names}
     cfg = GPTQConfig(bits=4, group_size=s.group_size, use_sym=True)
-    with _quiet():
+    with _quiet(), _inc_workspace():
         model = prepare(model, cfg)
         with torch.no_grad():
             for w in windows:

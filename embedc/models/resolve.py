@@ -26,7 +26,7 @@ def resolve_model(spec: str, *, trust_remote_code: bool = False, allow_pickle: b
         return _hub(spec, trust_remote_code, allow_pickle)
     raise ModelSourceError(
         f"model {spec!r} is not a catalog model, an existing folder or a hub id",
-        f"run 'embedc models' to list offline models, or pass a folder path")
+        "run 'embedc models' to list offline models, or pass a folder path")
 
 
 def _with_flags(src: ModelSource, trust: bool, pickle: bool) -> ModelSource:

@@ -5,7 +5,8 @@ artifact job (small hooks there, the work here):
    dims wider than the model, before any export
 2. ``prepare_job`` (once per build): per-dimension int8 ranges from the FP32
    export's float outputs on the CALIBRATION split, the FP32 float source
-   vectors on the evaluation split, and the digest that keys artifacts
+   vectors on the evaluation split (both a stage-cache entry: minutes of
+   FP32 inference on a large model), and the digest that keys artifacts
 3. ``attach`` (after each compile): the backend adds the heads to its graph;
    the ranges file goes into the artifact folder
 4. ``judge`` (after parity): every head on the evaluation split, checked
@@ -84,36 +85,37 @@ def run_texts(run, tokenizer, texts, *, input_names, max_length: int, names: lis
     return out
 
 
-def prepare_job(pl: OutputsPlan, spec, *, export_dir: Path, ref_meta: dict, calibration, calibration_hash: str,
-                tokenizer, eval_texts, eval_max_length: int, reference_file: Path, work_root: Path) -> dict:
-    """Everything an artifact job needs for its heads, as plain data and paths."""
-    from ..build.cache import code_digest
+def prepare_job(pl: OutputsPlan, spec, *, export_dir: Path, export_key: str, ref_meta: dict, calibration,
+                calibration_hash: str, tokenizer, eval_texts, eval_max_length: int,
+                reference_file: Path, cache) -> dict:
+    """Everything an artifact job needs for its heads, as plain data and paths. The FP32 passes
+    (ranges, pooled evaluation vectors) are a stage-cache entry keyed by what they read."""
+    from ..build.cache import code_digest, content_key
 
     sources = sorted({h.source for h in pl.heads} | {SENTENCE})
-    ranges = {}
-    sess = None  # one session on the FP32 export for both passes (two would hold it twice)
-    if any(h.needs_calibration for h in pl.heads):
-        sess = _session(export_dir, ref_meta)
-        names = [i.name for i in sess.get_inputs()]
-        rows = {s: [] for s in sources}
-        for b in calibration:  # batch 1, unpadded: padding never enters the ranges
-            got = sess.run(sources, {n: b[n] for n in names})
-            for s, a in zip(sources, got):
-                rows[s].append(a)
-        ranges = formulas.compute_ranges(pl.heads, {s: np.concatenate(v) for s, v in rows.items()})
+    calibrated = any(h.needs_calibration for h in pl.heads)
+    ranges, hit = {}, None
+    if calibrated or POOLED in sources:
+        key = content_key("outputs", {"export": export_key, "sources": sources, "calibrated": calibrated,
+                                      "feeds": _feeds_digest(calibration) if calibrated else None,
+                                      "eval": _texts_digest(eval_texts) if POOLED in sources else None,
+                                      "eval_max_length": eval_max_length, "code": code_digest("outputs/build.py")})
+        hit = cache.lookup("outputs", key)
+        if hit is None:
+            def fill(tmp: Path) -> None:
+                _fp32_passes(sources, calibrated, export_dir=export_dir, ref_meta=ref_meta, calibration=calibration,
+                             tokenizer=tokenizer, eval_texts=eval_texts, eval_max_length=eval_max_length, out=tmp)
+
+            hit = cache.store("outputs", key, {"export": export_key}, fill)
+        else:
+            log.info("outputs: FP32 calibration and evaluation vectors cached (%s)", key[:12])
+    if calibrated:
+        ranges = formulas.compute_ranges(pl.heads, {s: np.load(hit / _calibration_file(s)) for s in sources})
         log.info("outputs: int8 ranges / binary centres from %d calibration texts through the FP32 export",
                  len(calibration))
-    work_root = Path(work_root)
     eval_files = {SENTENCE: str(reference_file)}  # the torch FP32 reference (normalized)
     if POOLED in sources:
-        sess = sess or _session(export_dir, ref_meta)
-        names = [i.name for i in sess.get_inputs()]
-        got = run_texts(lambda f, n: dict(zip(n, sess.run(n, f))), tokenizer, eval_texts, input_names=names,
-                        max_length=eval_max_length, names=[POOLED])
-        path = work_root / "outputs-eval-pooler_output.npy"
-        np.save(path, got[POOLED].astype(np.float32))
-        eval_files[POOLED] = str(path)
-    sess = None  # free the FP32 session before the artifact jobs
+        eval_files[POOLED] = str(hit / POOLED_EVAL_FILE)
     ranges_blob = json.dumps(ranges, sort_keys=True).encode()
     o = spec.outputs
     digest = hashlib.sha256(json.dumps({
@@ -124,6 +126,50 @@ def prepare_job(pl: OutputsPlan, spec, *, export_dir: Path, ref_meta: dict, cali
             "untrained": list(pl.untrained), "eval_sources": eval_files, "rescore_multiplier": o.rescore_multiplier,
             "gates": dict(o.gates), "calibration_hash": calibration_hash, "calibration_texts": len(calibration),
             "digest": digest}
+
+
+POOLED_EVAL_FILE = "eval-pooler_output.npy"
+
+
+def _feeds_digest(feeds) -> str:
+    """The calibration feeds themselves (token ids and masks), so any change of texts, tokenizer or
+    length gives another entry."""
+    h = hashlib.sha256()
+    for f in feeds:
+        for name in sorted(f):
+            a = np.ascontiguousarray(f[name])
+            h.update(f"{name}{a.dtype}{a.shape}".encode())
+            h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _texts_digest(texts) -> str:
+    return hashlib.sha256(json.dumps(list(texts), ensure_ascii=False).encode()).hexdigest()
+
+
+def _calibration_file(source: str) -> str:
+    return f"calibration-{source}.npy"
+
+
+def _fp32_passes(sources: list[str], calibrated: bool, *, export_dir: Path, ref_meta: dict, calibration,
+                 tokenizer, eval_texts, eval_max_length: int, out: Path) -> None:
+    """``out/calibration-<source>.npy`` (each source output's FP32 vectors of the calibration split,
+    from which the heads' ranges are computed) and, when the heads read the pooled vector,
+    ``out/eval-pooler_output.npy`` (the FP32 export's pooled vectors of the evaluation split, in
+    its order): one ORT session for both passes."""
+    sess = _session(export_dir, ref_meta)  # one session: two would hold the FP32 weights twice
+    names = [i.name for i in sess.get_inputs()]
+    rows = {s: [] for s in sources}
+    if calibrated:
+        for b in calibration:  # batch 1, unpadded: padding never enters the ranges
+            for s, a in zip(sources, sess.run(sources, {n: b[n] for n in names})):
+                rows[s].append(a)
+        for s, v in rows.items():
+            np.save(out / _calibration_file(s), np.concatenate(v).astype(np.float32))
+    if POOLED in sources:
+        got = run_texts(lambda f, n: dict(zip(n, sess.run(n, f))), tokenizer, eval_texts, input_names=names,
+                        max_length=eval_max_length, names=[POOLED])
+        np.save(out / POOLED_EVAL_FILE, got[POOLED].astype(np.float32))
 
 
 def heads_of(outputs: dict) -> list[Head]:

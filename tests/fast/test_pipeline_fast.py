@@ -191,3 +191,33 @@ def test_the_export_validates_onnx_after_the_torch_model_is_freed(toy_model, tmp
     monkeypatch.setattr(export_mod, "check_onnx", check)
     result = export_mod.export_reference(resolve_model(str(toy_model)), tmp_path / "export")
     assert result.meta["validation"]["passed"] and alive_at_check == [[False]]
+
+
+def test_freed_heap_is_returned_before_the_compile_and_before_the_runtime_loads(toy_model, tmp_path, monkeypatch):
+    """Heap pages the earlier stages and the compiler freed stay with the process until trimmed
+    (glibc): measured on a 0.6B decoder, 1.5 GB before an OpenVINO compile and 0.7 GB after it,
+    added to the build's peak. The artifact job trims right before each of the two."""
+    import embedc.memory
+
+    events = []
+    real_release, real_compile, real_load = embedc.memory.release_memory, FakeBackend.compile, FakeBackend.load
+
+    def release():
+        events.append("trim")
+        return real_release()
+
+    def compile(self, *args, **kwargs):
+        events.append("compile")
+        return real_compile(self, *args, **kwargs)
+
+    def load(self, *args, **kwargs):
+        events.append("load")
+        return real_load(self, *args, **kwargs)
+
+    monkeypatch.setattr(embedc.memory, "release_memory", release)
+    monkeypatch.setattr(FakeBackend, "compile", compile)
+    monkeypatch.setattr(FakeBackend, "load", load)
+    result = build(spec(toy_model, tmp_path / "out", matrix=(("fake-cpu", ("fp32",)),)), cache_dir=tmp_path / "stages")
+    assert result.artifacts[0].status == "pass"
+    first_compile, first_load = events.index("compile"), events.index("load")
+    assert events[first_compile - 1] == "trim" and events[first_load - 1] == "trim"

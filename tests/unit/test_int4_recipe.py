@@ -190,7 +190,7 @@ def test_tensorrt_writer_with_broken_rounding_misses_the_floor(ctx, scaled_eval,
 
 
 # ---- the stage ---------------------------------------------------------------------------------------
-def test_stage_computes_once_per_settings_and_is_reused(ctx, stage):
+def test_stage_computes_once_per_settings_and_is_reused(ctx, stage, tmp_path, monkeypatch):
     from embedc.int4.compute import Int4Settings
 
     settings = Int4Settings(**FAST)
@@ -202,7 +202,9 @@ def test_stage_computes_once_per_settings_and_is_reused(ctx, stage):
     assert stage.calls["loads"] - before <= 1  # computed at most once here (earlier tests may have done it)
     assert info1["stage_key"] == info2["stage_key"]
     # other settings are another entry (INC's GPTQ: the second choice, and quick)
+    monkeypatch.chdir(tmp_path)  # neural-compressor's default workspace is ./nc_workspace/<time>/
     other, info3 = stage(dataclasses.replace(settings, algorithm="gptq-inc"))
+    assert list(tmp_path.iterdir()) == []  # nothing written into the caller's working folder
     assert other != first and info3["reused"] is False and info3["stage_key"] != info1["stage_key"]
     assert info3["algorithm"] == "gptq-inc" and info3["layers"] == 12
 

@@ -315,9 +315,14 @@ def test_build_records_outputs(outputs_build):
     assert "**Warning**: dims 16 truncate" in report and "not trained for it" in report
 
 
-def test_output_gates_fail_the_artifact(outputs_build, tmp_path):
+def test_output_gates_fail_the_artifact(outputs_build, tmp_path, monkeypatch):
     from embedc.build.pipeline import build
+    from embedc.outputs import build as outputs_build_mod
 
+    def rerun(*args, **kwargs):
+        raise AssertionError("the FP32 calibration/evaluation passes ran again on a cached export")
+
+    monkeypatch.setattr(outputs_build_mod, "_fp32_passes", rerun)  # minutes on a 0.6B model: a cache entry
     _, cache = outputs_build
     spec = _spec(tmp_path / "g", gates={"*": "", "int8": "cosine_mean>=1.01"})  # "int8": both schemes
     result = build(spec, cache_dir=cache)
