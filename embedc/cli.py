@@ -60,6 +60,9 @@ def _setup_logging(quiet: bool, verbose: bool) -> None:
 @click.version_option(package_name="embedc")
 def cli(quiet: bool, verbose: bool) -> None:
     """Compile text-embedding models into parity-checked deployment artifacts."""
+    from .targets.openvino.telemetry import block_telemetry
+
+    block_telemetry()  # before anything imports openvino or nncf (sentence-transformers' backends included)
     _setup_logging(quiet, verbose)
 
 

@@ -180,6 +180,9 @@ def detect_intel_devices() -> list[str]:
     """OpenVINO's GPU/NPU device names when OpenVINO is installed (``EMBEDC_NO_OPENVINO_PROBE=1`` skips)."""
     if os.environ.get("EMBEDC_NO_OPENVINO_PROBE"):
         return []
+    from ..targets.openvino.telemetry import block_telemetry
+
+    block_telemetry()
     try:
         import openvino as ov
     except ImportError:

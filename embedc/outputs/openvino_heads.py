@@ -46,6 +46,9 @@ def _head(ops, src, head: Head, ranges: dict | None):
 
 def attach(xml: Path, weights: Path, heads: list[Head], ranges: dict | None = None) -> dict:
     """Rewrite the IR ``xml`` (+ ``weights``) with one extra output per head."""
+    from ..targets.openvino.telemetry import block_telemetry
+
+    block_telemetry()
     import openvino as ov
     import openvino.opset13 as ops
 

@@ -191,3 +191,28 @@ def test_each_precision_quantizes_its_own_copy_of_the_converted_reference(scaled
     res = BACKEND.compile(TARGET["openvino-cpu"], "fp32", scaled_context, tmp_path / "fp32")
     types = _const_types(_read(tmp_path / "fp32", res.model_file))
     assert "f32" in types and not types & {"u8", "i8"}, types
+
+
+def test_openvino_and_nncf_write_nothing_into_the_home_folder_and_send_nothing(tmp_path):
+    """Imported plainly, openvino and nncf write ~/intel/openvino_ga_cid and ~/intel/stats, and
+    convert_model forks a process that posts usage telemetry. Through embedc: nothing in HOME."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import onnx\n"
+        "from onnx import TensorProto, helper\n"
+        "from embedc.targets.openvino.backend import _import_nncf, _import_openvino\n"
+        "ov = _import_openvino(); nncf = _import_nncf()\n"
+        "g = helper.make_graph([helper.make_node('Relu', ['x'], ['y'])], 'g',\n"
+        "    [helper.make_tensor_value_info('x', TensorProto.FLOAT, [1])],\n"
+        "    [helper.make_tensor_value_info('y', TensorProto.FLOAT, [1])])\n"
+        f"onnx.save(helper.make_model(g), {str(tmp_path / 'm.onnx')!r})\n"
+        f"ov.convert_model({str(tmp_path / 'm.onnx')!r})\n"
+        "import multiprocessing; assert not multiprocessing.active_children()\n")
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "NNCF_CI", "TF_BUILD", "JENKINS_URL")}
+    subprocess.run([sys.executable, "-c", code], env={**env, "HOME": str(home)}, check=True, timeout=120)
+    assert list(home.iterdir()) == []

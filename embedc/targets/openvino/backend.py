@@ -27,6 +27,7 @@ import numpy as np
 from ...errors import ArtifactError, CompileError, EmbedcError, MissingDependencyError, TargetError
 from ...machine import cpu_flags
 from .. import options as opt
+from .telemetry import block_telemetry
 from ..base import Backend, Capabilities, CompileContext, CompileResult, Target
 from ..registry import check_precision
 from . import shapes
@@ -128,6 +129,7 @@ def _schema(target: Target, precision: str) -> dict[str, opt.Option]:
 
 # ---- imports and settings --------------------------------------------------
 def _import_openvino():
+    block_telemetry()
     try:
         import openvino as ov
     except ImportError as exc:
@@ -136,6 +138,7 @@ def _import_openvino():
 
 
 def _import_nncf():
+    block_telemetry()
     try:
         import nncf
     except ImportError as exc:
