@@ -293,3 +293,20 @@ def test_openvino_reads_a_low_memory_export_mapped(bidir_context, tmp_path):
             for d, r in (("normal", normal), ("low", low))]
     a, b = (np.concatenate([run.embed(batch) for batch in batches]) for run in runs)
     assert cosines(a, b).min() > 0.99999
+
+
+@pytest.mark.parametrize("option", ["scale_estimation", "awq"])
+def test_openvino_int4_refuses_data_aware_algorithms_on_the_read_model_graph(bidir_context, tmp_path, option):
+    """``read_model`` keeps the exported ``[in, out]`` MatMul weights, on which NNCF 3.4's scale
+    estimation and AWQ compute along the wrong axis without a word (openvinotoolkit/nncf#3494;
+    e5-small int4 mean cosine 0.77769 instead of 0.99966): refused in one line naming the fix,
+    before anything is written."""
+    from embedc.targets.openvino.backend import BACKEND as OPENVINO, TARGETS as OV_TARGETS
+
+    ctx, _ = bidir_context
+    target = {t.name: t for t in OV_TARGETS}["openvino-cpu"]
+    options = {"scale_estimation": option == "scale_estimation", "awq": option == "awq"}
+    with pytest.raises(CompileError) as err:
+        OPENVINO.compile(target, "int4", _low_memory(ctx, **options), tmp_path / "low")
+    assert "nncf#3494" in str(err.value) and f"int4.{option}=false" in err.value.hint
+    assert not (tmp_path / "low" / "openvino_model.xml").exists()

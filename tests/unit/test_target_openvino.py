@@ -193,6 +193,27 @@ def test_each_precision_quantizes_its_own_copy_of_the_converted_reference(scaled
     assert "f32" in types and not types & {"u8", "i8"}, types
 
 
+def test_a_large_reference_is_quantized_from_a_mapped_ir_with_the_same_result(build, scaled_context, tmp_path,
+                                                                              monkeypatch):
+    """Above the size kept in memory, NNCF works on convert_model's graph saved to a scratch IR and
+    read back mapped (its weights file-backed, not a heap copy: 1.76 GB at a 0.6B decoder). The
+    int4 IR (data-aware, with scale estimation, which needs convert_model's weight layout) is
+    byte for byte the one from the in-memory conversion."""
+    from embedc.targets.openvino import convert
+
+    out, res = build("openvino-cpu", "int4")
+    monkeypatch.setattr(convert, "KEEP_CONVERTED_BYTES", 0)
+    work = tmp_path / "work"
+    work.mkdir()
+    mapped = BACKEND.compile(TARGET["openvino-cpu"], "int4", dataclasses.replace(scaled_context, work_dir=work),
+                             tmp_path / "mapped")
+    assert res.recipe["scale_estimation"] and "read back memory-mapped" in mapped.recipe["converter"]
+    assert "read back" not in res.recipe["converter"]
+    assert (tmp_path / "mapped" / WEIGHTS).read_bytes() == (out / WEIGHTS).read_bytes()
+    ops = [[op.get_type_name() for op in _read(d, res.model_file).get_ordered_ops()] for d in (tmp_path / "mapped", out)]
+    assert ops[0] == ops[1]   # the XML differs only in generated node names
+
+
 def test_openvino_and_nncf_write_nothing_into_the_home_folder_and_send_nothing(tmp_path):
     """Imported plainly, openvino and nncf write ~/intel/openvino_ga_cid and ~/intel/stats, and
     convert_model forks a process that posts usage telemetry. Through embedc: nothing in HOME."""

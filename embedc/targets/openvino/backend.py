@@ -31,6 +31,7 @@ from .telemetry import block_telemetry
 from ..base import Backend, Capabilities, CompileContext, CompileResult, Target
 from ..registry import check_precision
 from . import shapes
+from .convert import converted_reference, untransposed_weights
 from ...int4 import is_torch_algorithm, options_schema as int4_options
 
 PRECISIONS = ("fp32", "fp16", "int8-static", "int8-weights", "int4")
@@ -282,6 +283,17 @@ def _int4(ov, nncf, model, ctx, opts, device):
                   advanced_parameters=AdvancedCompressionParameters(
                       group_size_fallback_mode=GroupSizeFallbackMode.ADJUST))
     algos = {k: opts[k] for k in ("scale_estimation", "awq")}
+    on = [k for k, v in algos.items() if v]
+    untransposed = untransposed_weights(model) if on else []
+    # NNCF 3.4 assumes transpose_b weights in its data-aware methods: scale estimation measured silently
+    # wrong on the others (e5 int4 0.99948 -> 0.79901); AWQ is named in the same issue, unmeasured here
+    if untransposed:
+        raise CompileError(
+            f"int4 {' and '.join(on)} need MatMul weights in the transpose_b layout, which {len(untransposed)} "
+            f"MatMul(s) here lack (the low-memory path reads the ONNX as exported; NNCF 3.4 mishandles it, "
+            f"openvinotoolkit/nncf#3494)",
+            f"pass {' '.join(f'--option int4.{k}=false' for k in on)} for this target, "
+            f"or set export.low_memory = \"off\" on a machine that holds the model twice")
     # the calibration set drives mixed precision (which layers stay 8-bit) and SE/AWQ; else unused
     data_aware = ratio < 1.0 or any(algos.values())
     if data_aware:
@@ -341,30 +353,6 @@ def _first_line(exc: Exception) -> str:
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     useful = [ln for ln in lines if not ln.startswith(("Exception from", "Check '"))]
     return ((useful or lines or [type(exc).__name__])[0])[:300]
-
-
-def _converted_reference(ov, onnx_file: Path, *, low_memory: bool = False):
-    """A private copy of ``ov.convert_model(reference ONNX)``: converted once per
-    build thread (seconds for a 250k-vocabulary table), cloned for each precision
-    because NNCF changes the model it is given. A large model is converted each
-    time instead: keeping a copy would add its whole size to the build's peak memory.
-
-    On the low-memory path ``Core.read_model`` instead: it maps the external
-    data, where ``convert_model`` copies it (measured on the 4B export: 13.9 GB
-    anonymous memory after convert_model, 0.05 GB after read_model; NNCF int4
-    on the read model peaked at 2.6 GB anonymous plus mapped file pages)."""
-    from ...filememo import memoized
-
-    onnx_file = Path(onnx_file)
-    if low_memory:
-        return ov.Core().read_model(str(onnx_file))
-    files = [onnx_file, *sorted(onnx_file.parent.glob("*.data"))]
-    if sum(f.stat().st_size for f in files) > _KEEP_CONVERTED_BYTES:
-        return ov.convert_model(str(onnx_file))
-    return memoized("openvino.convert_model", files, lambda: ov.convert_model(str(onnx_file))).clone()
-
-
-_KEEP_CONVERTED_BYTES = 256 << 20
 
 
 def _low_memory(ctx: CompileContext) -> bool:
@@ -432,7 +420,9 @@ class OpenVINOBackend(Backend):
 
         t0 = time.perf_counter()
         try:
-            model = _converted_reference(ov, ctx.reference_onnx, low_memory=_low_memory(ctx))
+            nncf_runs = nncf is not None and not is_torch_algorithm(opts)
+            model, converter = converted_reference(ov, ctx.reference_onnx, low_memory=_low_memory(ctx),
+                                                   mapped_in=Path(ctx.work_dir) / "converted" if nncf_runs else None)
         except Exception as exc:  # the ONNX frontend raises bare RuntimeErrors
             raise CompileError(f"openvino.convert_model failed on {ctx.reference_onnx}: {_first_line(exc)}",
                                "check that the reference export is complete (model.onnx and its .data)") from exc
@@ -466,8 +456,6 @@ class OpenVINOBackend(Backend):
 
         saved = ov.Core().read_model(str(out_dir / model_file), str(out_dir / WEIGHTS))
         _check_io(saved, input_names, f"the saved IR {model_file}")
-        converter = ("openvino.Core.read_model(reference ONNX), external data memory-mapped (low-memory path)"
-                     if _low_memory(ctx) else "openvino.convert_model(reference ONNX)")
         recipe = {"converter": converter, "precision": precision,
                   "options": opt.jsonable(opts), "save_model": {"compress_to_fp16": fp16}, **step,
                   "ir": ir_summary(saved),
