@@ -1,7 +1,7 @@
 """NNCF int4 on the two graphs OpenVINO makes of one ONNX export: ``convert_model`` (MatMul
 weights ``[out, in]``, ``transpose_b = True``) and ``Core.read_model`` (the exported ``[in, out]``
 layout). Prints each recipe's mean output cosine against the FP32 IR on a few multilingual
-probe texts, per reader (openvinotoolkit/nncf#3494: scale estimation assumes the first layout).
+probe texts, per reader (openvinotoolkit/nncf#3494: the data-aware methods assume the first layout).
 
     PYTHONPATH=. .venv/bin/python benchmarks/openvino_weight_layout.py path/to/export/model.onnx
 
@@ -17,11 +17,12 @@ import numpy as np
 TEXTS = ["query: how do I bake bread at home?", "passage: Ìlú Èkó jẹ́ ìlú tó tóbi jù ní Nàìjíríà.",
          "Der schnelle braune Fuchs springt über den faulen Hund.", "東京は日本の首都です。",
          "La tour Eiffel est à Paris, en France."] * 4
-RECIPES = {  # name -> (ratio, dataset, scale_estimation)
-    "data-free, ratio 1.0": (1.0, False, False),
-    "ratio 0.5, data-aware": (0.5, True, False),
-    "ratio 0.5 + scale estimation": (0.5, True, True),
-    "ratio 1.0 + scale estimation": (1.0, True, True),
+RECIPES = {  # name -> (ratio, dataset, scale_estimation, awq)
+    "data-free, ratio 1.0": (1.0, False, False, False),
+    "ratio 0.5, data-aware": (0.5, True, False, False),
+    "ratio 0.5 + scale estimation": (0.5, True, True, False),
+    "ratio 1.0 + scale estimation": (1.0, True, True, False),
+    "ratio 1.0 + AWQ": (1.0, True, False, True),
 }
 
 
@@ -51,7 +52,7 @@ def main() -> None:
     reference = run(readers["convert_model"]())
     print("| recipe | " + " | ".join(f"`{r}`" for r in readers) + " |")
     print("|---|" + "---|" * len(readers))
-    for recipe, (ratio, data_aware, se) in RECIPES.items():
+    for recipe, (ratio, data_aware, se, awq) in RECIPES.items():
         row = []
         for load in readers.values():
             model = load()
@@ -59,7 +60,7 @@ def main() -> None:
                           advanced_parameters=AdvancedCompressionParameters(
                               group_size_fallback_mode=GroupSizeFallbackMode.ADJUST))
             if data_aware:
-                kwargs.update(dataset=nncf.Dataset([feeds] * 4), subset_size=4, scale_estimation=se)
+                kwargs.update(dataset=nncf.Dataset([feeds] * 4), subset_size=4, scale_estimation=se, awq=awq)
             got = run(nncf.compress_weights(model, **kwargs))
             cos = np.sum(got * reference, 1) / np.linalg.norm(got, axis=1) / np.linalg.norm(reference, axis=1)
             row.append(f"{cos.mean():.5f}")

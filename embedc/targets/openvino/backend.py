@@ -285,8 +285,9 @@ def _int4(ov, nncf, model, ctx, opts, device):
     algos = {k: opts[k] for k in ("scale_estimation", "awq")}
     on = [k for k, v in algos.items() if v]
     untransposed = untransposed_weights(model) if on else []
-    # NNCF 3.4 assumes transpose_b weights in its data-aware methods: scale estimation measured silently
-    # wrong on the others (e5 int4 0.99948 -> 0.79901); AWQ is named in the same issue, unmeasured here
+    # NNCF 3.4 assumes transpose_b weights in its data-aware methods. On the others, measured
+    # (benchmarks/openvino_weight_layout.py): scale estimation is silently wrong (e5 int4 0.99948 -> 0.79901,
+    # SmolLM2 0.96680 -> -0.02014); AWQ gives a different model (SmolLM2 0.96008 -> 0.95824)
     if untransposed:
         raise CompileError(
             f"int4 {' and '.join(on)} need MatMul weights in the transpose_b layout, which {len(untransposed)} "
