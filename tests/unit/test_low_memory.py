@@ -297,10 +297,10 @@ def test_openvino_reads_a_low_memory_export_mapped(bidir_context, tmp_path):
 
 @pytest.mark.parametrize("option", ["scale_estimation", "awq"])
 def test_openvino_int4_refuses_data_aware_algorithms_on_the_read_model_graph(bidir_context, tmp_path, option):
-    """``read_model`` keeps the exported ``[in, out]`` MatMul weights, on which NNCF 3.4's scale
-    estimation and AWQ compute along the wrong axis without a word (openvinotoolkit/nncf#3494;
-    e5-small int4 mean cosine 0.77769 instead of 0.99966): refused in one line naming the fix,
-    before anything is written."""
+    """``read_model`` keeps the exported ``[in, out]`` MatMul weights, which NNCF 3.4's data-aware
+    methods assume transposed (openvinotoolkit/nncf#3494): scale estimation is silently wrong there
+    (e5-small int4 mean cosine 0.77769 instead of 0.99966) and AWQ gives a different model. Both are
+    refused in one line naming the fix, before anything is written."""
     from embedc.targets.openvino.backend import BACKEND as OPENVINO, TARGETS as OV_TARGETS
 
     ctx, _ = bidir_context

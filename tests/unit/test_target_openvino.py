@@ -208,6 +208,7 @@ def test_a_large_reference_is_quantized_from_a_mapped_ir_with_the_same_result(bu
     mapped = BACKEND.compile(TARGET["openvino-cpu"], "int4", dataclasses.replace(scaled_context, work_dir=work),
                              tmp_path / "mapped")
     assert res.recipe["scale_estimation"] and "read back memory-mapped" in mapped.recipe["converter"]
+    assert (work / "converted" / "converted.bin").is_file()   # the IR NNCF read, mapped
     assert "read back" not in res.recipe["converter"]
     assert (tmp_path / "mapped" / WEIGHTS).read_bytes() == (out / WEIGHTS).read_bytes()
     ops = [[op.get_type_name() for op in _read(d, res.model_file).get_ordered_ops()] for d in (tmp_path / "mapped", out)]
