@@ -28,12 +28,6 @@ from pathlib import Path
 KEEP_CONVERTED_BYTES = 256 << 20   # a memoized copy adds its whole size to the build's peak above this
 
 
-def onnx_bytes(onnx_file: Path) -> int:
-    """The export's size on disk: the graph plus its external data files."""
-    onnx_file = Path(onnx_file)
-    return sum(f.stat().st_size for f in [onnx_file, *onnx_file.parent.glob("*.data")])
-
-
 def converted_reference(ov, onnx_file: Path, *, low_memory: bool = False,
                         mapped_in: Path | None = None) -> tuple[object, str]:
     """(the reference as an OpenVINO model the caller may change, how it was converted).
@@ -46,8 +40,8 @@ def converted_reference(ov, onnx_file: Path, *, low_memory: bool = False,
     if low_memory:
         return (ov.Core().read_model(str(onnx_file)),
                 "openvino.Core.read_model(reference ONNX), external data memory-mapped (low-memory path)")
-    if onnx_bytes(onnx_file) <= KEEP_CONVERTED_BYTES:
-        files = [onnx_file, *sorted(onnx_file.parent.glob("*.data"))]
+    files = [onnx_file, *sorted(onnx_file.parent.glob("*.data"))]  # the graph and its external data
+    if sum(f.stat().st_size for f in files) <= KEEP_CONVERTED_BYTES:
         return (memoized("openvino.convert_model", files, lambda: ov.convert_model(str(onnx_file))).clone(),
                 "openvino.convert_model(reference ONNX)")
     if mapped_in is None:
