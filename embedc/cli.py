@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import sys
 
 import click
 
@@ -49,9 +51,14 @@ def _setup_logging(quiet: bool, verbose: bool) -> None:
                   # that its CUDA kernels do not load, and torch that torchao registers enums the old way
                   "torchao", "torch.utils._pytree"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
-    from transformers.utils import logging as hf_logging
+    # transformers reads TRANSFORMERS_VERBOSITY when it is first imported: setting the variable spares
+    # commands that never load a model the import (0.7 s); a user's own setting wins
+    if "TRANSFORMERS_VERBOSITY" not in os.environ:
+        os.environ["TRANSFORMERS_VERBOSITY"] = "error"
+        if "transformers" in sys.modules:  # imported already (the CLI called in-process): set it directly
+            from transformers.utils import logging as hf_logging
 
-    hf_logging.set_verbosity_error()
+            hf_logging.set_verbosity_error()
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -4,11 +4,14 @@ again for every artifact: a 250k-vocabulary tokenizer.json costs ~0.4 s to
 parse, every time.
 
 An entry is keyed by the files' identity (resolved path, size, mtime, inode),
-so a rewritten or replaced file is read again. Entries are per thread: the
-values (a Rust tokenizer, an OpenVINO model) are not safe to share between
-threads that use them at once."""
+so a rewritten or replaced file is read again; or, for small files that a
+build copies into many folders (a tokenizer goes into the export and every
+artifact), by their content, so each copy is not parsed again. Entries are per
+thread: the values (a Rust tokenizer, an OpenVINO model) are not safe to share
+between threads that use them at once."""
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -33,13 +36,40 @@ def file_identity(paths: Iterable[Path]) -> tuple:
     return tuple(out)
 
 
-def memoized(kind: str, paths: Iterable[Path], compute: Callable[[], Any], extra: Any = None) -> Any:
+_DIGESTS: dict[tuple, str] = {}  # file identity -> sha256, so an unchanged file is hashed once
+MAX_DIGESTS = 256
+
+
+def content_identity(paths: Iterable[Path]) -> tuple:
+    """What ``paths`` hold: per file its name and sha256 (None when missing).
+    Copies of the same files in two folders give the same value."""
+    out = []
+    for p in paths:
+        ident = file_identity([p])[0]
+        if ident[1] is None:
+            out.append((Path(p).name, None))
+            continue
+        digest = _DIGESTS.get(ident)
+        if digest is None:
+            with open(p, "rb") as fh:
+                digest = hashlib.file_digest(fh, "sha256").hexdigest()
+            if len(_DIGESTS) >= MAX_DIGESTS:
+                _DIGESTS.clear()
+            _DIGESTS[ident] = digest
+        out.append((Path(p).name, digest))
+    return tuple(out)
+
+
+def memoized(kind: str, paths: Iterable[Path], compute: Callable[[], Any], extra: Any = None, *,
+             by_content: bool = False) -> Any:
     """``compute()``, or the value it gave this thread for the same files
-    (and ``extra``). Exceptions are not memoized."""
+    (and ``extra``): the same files on disk, or with ``by_content`` the same
+    bytes under the same names wherever they are (``compute`` must then depend
+    on nothing but those bytes). Exceptions are not memoized."""
     cache: OrderedDict = getattr(_LOCAL, "cache", None)
     if cache is None:
         cache = _LOCAL.cache = OrderedDict()
-    key = (kind, extra, file_identity(paths))
+    key = (kind, extra, content_identity(paths) if by_content else file_identity(paths))
     if key in cache:
         cache.move_to_end(key)
         return cache[key]

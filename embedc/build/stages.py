@@ -186,11 +186,11 @@ def export_key(p: Prepared) -> str:
 
 def export(p: Prepared, cache: StageCache) -> tuple[Path, str, dict]:
     """The validated FP32 reference export (cache entry folder, key, its embedc.json)."""
-    from ..exporter import export_reference
-
     key = export_key(p)
     hit = cache.lookup("export", key)
     if hit is None:
+        from ..exporter import export_reference  # torch: imported only when there is something to export
+
         log.info("exporting %s to ONNX", p.source.name)
         def fill(tmp):
             export_reference(p.source, tmp, opset=p.spec.export.opset, force=True, low_memory=p.low_memory_enabled)

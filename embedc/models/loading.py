@@ -141,7 +141,11 @@ def load_tokenizer(source: ModelSource | str | Path, *, shared: bool = False, pr
             tok = load_tokenizer(source)
             return prepare(tok) if prepare else tok
 
+        # by content: the same tokenizer files in the model folder, the export and every artifact are parsed
+        # once (0.4 s each for a 250k vocabulary); a folder without tokenizer.json is converted from other
+        # files, so it is keyed by its own
         return memoized("tokenizer", [path / f for f in _TOKENIZER_FILE_NAMES], fresh,
+                        by_content=(path / "tokenizer.json").is_file(),
                         extra=(getattr(prepare, "__qualname__", None), getattr(source, "trust_remote_code", False)))
     if prepare is not None:
         return prepare(load_tokenizer(source))

@@ -80,7 +80,8 @@ def check_safetensors(file: Path) -> None:
 def check_tokenizer_json(file: Path) -> None:
     from ..filememo import memoized
 
-    memoized("tokenizer.json is valid", [file], lambda: _check_tokenizer_json(file))  # 17 MB of JSON for XLM-R
+    # 17 MB of JSON for XLM-R, copied into the export and every artifact: checked once per content
+    memoized("tokenizer.json is valid", [file], lambda: _check_tokenizer_json(file), by_content=True)
 
 
 def _check_tokenizer_json(file: Path) -> bool:

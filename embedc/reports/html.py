@@ -41,7 +41,7 @@ def _table(headers: list[str], rows: list[list], classes: list[str] | None = Non
 
 def _png(fig) -> str:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=110)  # the figures' constrained layout fits labels and legend
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
@@ -58,7 +58,7 @@ def _heatmap(arts: list[dict]) -> str:
     langs = sorted({lang for a in arts for lang in a["parity"]["languages"]})
     loss = np.array([[_loss(a["parity"]["languages"][lg]["mean"]) if lg in a["parity"]["languages"] else np.nan
                       for lg in langs] for a in arts])
-    fig, ax = plt.subplots(figsize=(max(8, 0.3 * len(langs) + 3), 0.42 * len(arts) + 1.8))
+    fig, ax = plt.subplots(figsize=(max(8, 0.3 * len(langs) + 3), 0.42 * len(arts) + 1.8), layout="constrained")
     # Log scale of the loss: 0.9999 and 0.996 must look different, and the eye should go to the worst cells.
     im = ax.imshow(loss, aspect="auto", cmap="magma_r", norm=LogNorm(vmin=1e-6, vmax=max(1e-2, np.nanmax(loss))))
     ax.set_xticks(range(len(langs)), langs, rotation=90, fontsize=8)
@@ -68,8 +68,9 @@ def _heatmap(arts: list[dict]) -> str:
         if loss[i, j] <= 1e-6:
             continue
         ax.text(j, i, "×", ha="center", va="center", color="white" if loss[i, j] > 1e-3 else "black", fontsize=9)
-    fig.colorbar(im, ax=ax, label="1 − mean cosine vs torch FP32 (log; darker = worse)")
-    ax.set_title("Per-language parity: where does quality drop? (× = worst language)")
+    fig.colorbar(im, ax=ax, label="1 − mean cosine (log)")  # short: the figure can be 2 inches tall
+    ax.set_title("Per-language parity vs torch FP32: where does quality drop?\n(darker = worse, × = worst language)",
+                 fontsize=11)
     return _png(fig)
 
 
@@ -77,7 +78,7 @@ def _tradeoffs(arts: list[dict], bench: dict, batch_size: int) -> str:
     import matplotlib.pyplot as plt
 
     panels = 2 if bench else 1
-    fig, axes = plt.subplots(1, panels, figsize=(6.2 * panels, 4.6), squeeze=False)
+    fig, axes = plt.subplots(1, panels, figsize=(6.2 * panels + 1.4, 4.6), squeeze=False, layout="constrained")
     precisions = sorted({a["precision"] for a in arts})
     colors = {p: plt.cm.tab10(i % 10) for i, p in enumerate(precisions)}
     for a in arts:
@@ -102,8 +103,7 @@ def _tradeoffs(arts: list[dict], bench: dict, batch_size: int) -> str:
     handles = [plt.Line2D([], [], marker="o", linestyle="", color=colors[p], label=p) for p in precisions]
     handles += [plt.Line2D([], [], marker=_marker(b), linestyle="", color="white", markeredgecolor="black", label=b)
                 for b in sorted({a.get("backend") or "ort" for a in arts})]
-    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
-    fig.tight_layout()
+    fig.legend(handles=handles, loc="outside right center", fontsize=8, frameon=False)
     return _png(fig)
 
 

@@ -45,13 +45,22 @@ def build_args(model, corpus, out, *extra) -> list[str]:
             "--eval-per-lang", "4", "--max-length", "32", *map(str, extra)]
 
 
-def run_cli(args, *, cache: Path, env: dict | None = None, cwd: Path | None = None, wait=True):
-    """The toy CLI in its own process (``-q``); returns CompletedProcess (or Popen with wait=False)."""
+TOY_CLI = HERE / "toy_cli.py"
+
+
+def cli_env(cache: Path, env: dict | None = None) -> dict:
+    """The environment of a toy CLI process: its cache, one thread, tests/fast on the path."""
     e = {**os.environ, "EMBEDC_CACHE": str(cache), "OMP_NUM_THREADS": "1",
          "PYTHONPATH": os.pathsep.join([str(REPO / "tests" / "fast"), str(HERE), str(REPO)]), **(env or {})}
     if not (env and "EMBEDC_FAULT" in env):
         e.pop("EMBEDC_FAULT", None)
-    cmd = [sys.executable, str(HERE / "toy_cli.py"), "-q", *map(str, args)]
+    return e
+
+
+def run_cli(args, *, cache: Path, env: dict | None = None, cwd: Path | None = None, wait=True):
+    """The toy CLI in its own process (``-q``); returns CompletedProcess (or Popen with wait=False)."""
+    e = cli_env(cache, env)
+    cmd = [sys.executable, str(TOY_CLI), "-q", *map(str, args)]
     if not wait:
         return subprocess.Popen(cmd, env=e, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     return subprocess.run(cmd, env=e, cwd=cwd, capture_output=True, text=True, timeout=300)

@@ -69,8 +69,9 @@ def test_malformed_tokenizer_json_is_a_one_line_error(tmp_path):
 
 
 def test_shared_tokenizer_is_parsed_once_per_thread_and_follows_the_files(tiny_reference, tmp_path):
-    """A build reads one tokenizer per folder (not one per artifact); a rewritten folder is read
-    again, other threads get their own instance, and the default stays a private object."""
+    """A build reads one tokenizer per folder content (not one per artifact: the export and every
+    artifact hold copies of the same files); a rewritten folder is read again, other threads get
+    their own instance, and the default stays a private object."""
     import json
     import shutil
     import threading
@@ -81,6 +82,8 @@ def test_shared_tokenizer_is_parsed_once_per_thread_and_follows_the_files(tiny_r
     shutil.copytree(tiny_reference, folder)
     first = load_tokenizer(folder, shared=True)
     assert load_tokenizer(folder, shared=True) is first
+    copy = shutil.copytree(folder, tmp_path / "copy")
+    assert load_tokenizer(copy, shared=True) is first    # the same bytes elsewhere: not parsed again
     assert load_tokenizer(folder) is not load_tokenizer(folder)
     other = []
     t = threading.Thread(target=lambda: other.append(load_tokenizer(folder, shared=True)))
@@ -92,3 +95,4 @@ def test_shared_tokenizer_is_parsed_once_per_thread_and_follows_the_files(tiny_r
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
     again = load_tokenizer(folder, shared=True)
     assert again is not first and again.model_max_length == 77
+    assert load_tokenizer(copy, shared=True) is first and first.model_max_length != 77   # the copy is unchanged
