@@ -20,6 +20,7 @@ from ..fsutil import read_json, write_json_atomic
 
 log = logging.getLogger("embedc")
 ENTRY_JSON = "entry.json"
+LOCKS = ".locks"  # <cache>/.locks: one lock file per key being stored (left in place, see fsutil.folder_lock)
 
 
 def content_key(stage: str, payload: dict) -> str:
@@ -90,7 +91,23 @@ class StageCache:
         content-addressed, so when another writer (a concurrent build, a node
         sharing the cache) got there first, its intact entry is kept and ours
         dropped; an intact entry is never moved aside while others may read it.
-        A full disk raises DiskFullError and leaves no partial entry."""
+        A full disk raises DiskFullError and leaves no partial entry.
+
+        While ``fill`` runs, this process holds a lock on the key
+        (``<cache>/.locks``, an advisory lock the OS drops when the process
+        dies): another process storing the same key waits, then takes the
+        finished entry instead of computing it again (concurrent builds of one
+        model on one cache export it once). Without ``fcntl`` both compute."""
+        from ..fsutil import folder_lock
+
+        with folder_lock(self.root / LOCKS / f"{stage}-{key}"):
+            done = self.lookup(stage, key)
+            if done is not None:
+                log.info("cache entry %s/%s was stored by another process meanwhile", stage, key[:12])
+                return done
+            return self._store(stage, key, info, fill)
+
+    def _store(self, stage: str, key: str, info: dict, fill) -> Path:
         from ..fsutil import _umask, raise_if_disk_full
         from . import temps
 

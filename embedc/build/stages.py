@@ -191,8 +191,8 @@ def export(p: Prepared, cache: StageCache) -> tuple[Path, str, dict]:
     if hit is None:
         from ..exporter import export_reference  # torch: imported only when there is something to export
 
-        log.info("exporting %s to ONNX", p.source.name)
         def fill(tmp):
+            log.info("exporting %s to ONNX", p.source.name)
             export_reference(p.source, tmp, opset=p.spec.export.opset, force=True, low_memory=p.low_memory_enabled)
             faults.point("export")
 
@@ -257,11 +257,11 @@ def reference(p: Prepared, d: BuildData, cache: StageCache) -> Path:
     key = reference_key(p, d)
     hit = cache.lookup("reference", key)
     if hit is None:
-        log.info("computing torch FP32 reference embeddings for %d evaluation texts (up to %d tokens)",
-                 len(d.eval_texts), p.eval_max_length)
-        emb = reference_embeddings(p.embedder(), p.tokenizer, d.eval_texts, max_length=p.eval_max_length)
         def fill(tmp):
-            np.save(tmp / "embeddings.npy", emb)
+            log.info("computing torch FP32 reference embeddings for %d evaluation texts (up to %d tokens)",
+                     len(d.eval_texts), p.eval_max_length)
+            np.save(tmp / "embeddings.npy",
+                    reference_embeddings(p.embedder(), p.tokenizer, d.eval_texts, max_length=p.eval_max_length))
             faults.point("reference")
 
         hit = cache.store("reference", key, {"model": p.source.name}, fill)

@@ -83,13 +83,15 @@ def hidden_temps(parent: Path) -> list[str]:
 
 def cache_problems(cache_stages: Path) -> list[str]:
     """Every cache entry verifies (listed files intact, nothing extra) and no temp folder is left."""
-    from embedc.build.cache import StageCache
+    from embedc.build.cache import LOCKS, StageCache
 
     cache = StageCache(cache_stages)
     problems = []
     if not cache.root.is_dir():
         return problems
     for stage in sorted(cache.root.iterdir()):
+        if stage.name == LOCKS:   # lock files of keys being stored: left in place by design
+            continue
         for entry in sorted(stage.iterdir()):
             if entry.name.startswith("."):
                 problems.append(f"temp folder {stage.name}/{entry.name}")

@@ -120,3 +120,32 @@ def test_swap_without_renameat2_restores_the_old_folder_on_failure(tmp_path, mon
         with fsutil.staged_dir(final, force=True) as tmp:
             (tmp / "v").write_text("newer")
     assert (final / "v").read_text() == "new" and os.listdir(tmp_path) == ["out"]
+
+
+def test_an_entry_being_stored_is_waited_for_not_computed_again(tmp_path):
+    """Two writers of one key (two builds of one model on one cache): the second waits for the
+    first's entry and takes it; its own fill never runs."""
+    import time
+
+    from embedc.build.cache import StageCache
+
+    cache, key, calls = StageCache(tmp_path / "stages"), "0" * 32, []
+    filling = threading.Event()
+
+    def slow(tmp):
+        calls.append("first")
+        filling.set()
+        time.sleep(0.5)
+        (tmp / "model.onnx").write_bytes(b"first")
+
+    def second(tmp):
+        calls.append("second")
+        (tmp / "model.onnx").write_bytes(b"second")
+
+    first = threading.Thread(target=cache.store, args=("export", key, {}, slow))
+    first.start()
+    assert filling.wait(10)
+    got = cache.store("export", key, {}, second)
+    first.join()
+    assert calls == ["first"] and (got / "model.onnx").read_bytes() == b"first"
+    assert cache_problems(tmp_path / "stages") == []
