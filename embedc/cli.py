@@ -186,7 +186,11 @@ def _spec_from_cli(spec_file, model, target, precision, calib, calib_per_lang, e
         if not precision:
             raise UsageError("--target needs at least one --precision", "e.g. --precision int8-static")
         opts = _parse_options(option)
-        changes["matrix"] = tuple(MatrixEntry(t, tuple(precision), opts) for t in targets)
+        # -t/-p pick pairs; the spec's recipe options for those targets still apply, --option on top
+        changes["matrix"] = tuple(
+            MatrixEntry(t, tuple(precision), _merge_options(
+                *[{k: v for k, v in m.options.items() if k in precision} for m in spec.matrix if m.target == t], opts))
+            for t in targets)
     elif option:
         opts = _parse_options(option)
         changes["matrix"] = tuple(dataclasses.replace(m, options={**m.options, **opts}) for m in spec.matrix)
@@ -198,6 +202,15 @@ def _spec_from_cli(spec_file, model, target, precision, calib, calib_per_lang, e
         changes["bench"] = dataclasses.replace(spec.bench, enabled=spec.bench.enabled or bench,
                                                threads=threads or spec.bench.threads)
     return validate(dataclasses.replace(spec, **changes))
+
+
+def _merge_options(*layers: dict) -> dict:
+    """{precision: {name: value}} tables merged per precision, later layers winning."""
+    out: dict[str, dict] = {}
+    for layer in layers:
+        for prec, values in layer.items():
+            out.setdefault(prec, {}).update(values)
+    return out
 
 
 def _parse_options(values: tuple[str, ...]) -> dict:

@@ -73,6 +73,23 @@ def test_dry_run_prints_the_plan_with_resolved_options_and_gates(toy_model, tmp_
     assert not (tmp_path / "d").exists()
 
 
+def test_target_and_precision_flags_keep_the_specs_recipe_options(toy_model, tmp_path):
+    """-t/-p pick pairs out of a spec; that target's options in the spec still apply (a model's
+    tuned recipe is not dropped by narrowing the build), and --option goes on top."""
+    spec = tmp_path / "spec.toml"
+    spec.write_text('[model]\nname = "%s"\n[[matrix]]\ntarget = "fake-cpu"\nprecisions = ["fp32", "int8-noisy"]\n'
+                    'options = { int8-noisy = { noise = 0.25 } }\n' % toy_model)
+
+    def options(*extra):
+        r = run("build", "--spec", spec, "-o", tmp_path / "s", "-t", "fake-cpu", "-p", "int8-noisy", *extra,
+                "--dry-run")
+        assert r.exit_code == 0, r.output
+        return json.loads(r.output)["plan"][-1]["options"]
+
+    assert options() == {"noise": 0.25}                                    # not the backend's default 0.5
+    assert options("--option", "int8-noisy.noise=0.75") == {"noise": 0.75}
+
+
 def test_gate_failure_exits_3_and_a_broken_pair_exits_1(toy_model, tmp_path):
     r = run(*small(toy_model, tmp_path / "g", "-t", "fake-cpu", "-p", "int8-noisy"))
     assert r.exit_code == 3 and "fake-cpu/int8-noisy" in one_error_line(r)

@@ -90,17 +90,38 @@ def test_int4_has_4bit_weights_and_all_layers_shrinks_table(build, eval_batches)
     assert meets_floor(cosines(embed(_load(out_all, res_all), batches), ref), "int4")
 
 
-def test_int8_static_exclude_keeps_matched_layers_unquantized(build, compile_context):
-    out, res = build("openvino-cpu", "int8-static", exclude=["layer.1.output.dense"])
+def _weight_source(matmul) -> str:
+    """The element type of the constant a MatMul's weight comes from (through its decompression
+    ops). In a saved int8-static IR the quantized weights are i8 (symmetric, their FakeQuantize
+    folded on save); NNCF's INT8_ASYM weight-only compression stores u8; an untouched weight is f32."""
+    node = matmul.input_value(1).get_node()
+    while node.get_type_name() in ("Convert", "Subtract", "Multiply", "Reshape", "Transpose", "FakeQuantize"):
+        node = node.input_value(0).get_node()
+    return node.get_output_element_type(0).get_type_name()
+
+
+@pytest.mark.parametrize("excluded_as", ["int8-weight-only", "fp32"])
+def test_int8_static_exclude_keeps_matched_layers_activations_in_fp32(build, compile_context, eval_batches,
+                                                                      excluded_as):
+    out, res = build("openvino-cpu", "int8-static", exclude=["layer.1.output.dense"], excluded_as=excluded_as)
     rec = res.recipe["ignored_scope"]
     assert rec["nodes"] == 1 and rec["modules"][0].endswith("layer.1.output.dense")
+    assert res.recipe["excluded_as"] == excluded_as
     from embedc.targets.openvino.backend import module_paths
 
     paths = module_paths(compile_context.reference_onnx)
+    dense = [op for op in _read(out, res.model_file).get_ops()
+             if op.get_type_name() == "MatMul" and paths.get(op.get_friendly_name(), "").endswith(".dense")]
     fed_by_fq = {paths[op.get_friendly_name()]: op.input_value(0).get_node().get_type_name() == "FakeQuantize"
-                 for op in _read(out, res.model_file).get_ops()
-                 if op.get_type_name() == "MatMul" and paths.get(op.get_friendly_name(), "").endswith(".dense")}
+                 for op in dense}
     assert fed_by_fq and {p for p, fq in fed_by_fq.items() if not fq} == set(rec["modules"])
+    weights = {paths[op.get_friendly_name()]: _weight_source(op) for op in dense}
+    # the excluded layer's weights: 8-bit without activation quantization, or left FP32; every other
+    # layer keeps int8-static's symmetric int8 weights
+    assert weights.pop(rec["modules"][0]) == ("u8" if excluded_as == "int8-weight-only" else "f32")
+    assert set(weights.values()) == {"i8"}
+    batches, ref = eval_batches
+    assert meets_floor(cosines(embed(_load(out, res), batches), ref), "int8-static")
 
 
 def test_threads_and_f32_are_pinned(build):

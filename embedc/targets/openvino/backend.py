@@ -115,7 +115,10 @@ def _schema(target: Target, precision: str) -> dict[str, opt.Option]:
         "fp32": {}, "fp16": {},
         "int8-static": {"smooth_quant_alpha": opt.number(DEFAULT_SQ_ALPHA, lo=-1.0, hi=1.0),
                         "overflow_fix": opt.choice("auto", ("auto", "enable", "disable", "first_layer_only")),
-                        "preset": opt.choice("mixed", ("mixed", "performance")), "exclude": opt.patterns()},
+                        "preset": opt.choice("mixed", ("mixed", "performance")), "exclude": opt.patterns(),
+                        # what the excluded MatMuls become: 8-bit weights with FP32 activations (as ORT's
+                        # int8-static does), or FP32 altogether
+                        "excluded_as": opt.choice("int8-weight-only", ("int8-weight-only", "fp32"))},
         "int8-weights": {"mode": opt.choice("int8_asym", ("int8_asym", "int8_sym"))},
         "int4": {"algorithm": opt.choice("nncf", ("nncf", "autoround", "gptq-inc")), **int4_options(),
                  "mode": opt.choice(INT4_DEFAULTS["mode"], ("int4_asym", "int4_sym")), "group_size": _group_size(),
@@ -257,7 +260,21 @@ def _int8_static(ov, nncf, model, ctx, opts, device):
               "target_device": target_device.value, "calibration_rows": len(rows), "subset_size": len(rows),
               "smooth_quant_alpha_matmul": alpha, "overflow_fix": fix.value, "overflow_fix_reason": why,
               "ignored_scope": ignored_rec}
+    if ignored is not None:
+        recipe["excluded_as"] = opts["excluded_as"]
+        if opts["excluded_as"] == "int8-weight-only":
+            quantized = _weights_only(nncf, quantized, set(ignored.names))
+            recipe["excluded_call"] = "nncf.compress_weights(mode=INT8_ASYM) on the excluded MatMuls only"
     return quantized, recipe, False
+
+
+def _weights_only(nncf, model, names: set[str]):
+    """8-bit per-channel weights (FP32 activations) for the MatMuls ``nncf.quantize`` was told to
+    ignore: the rest already carry FakeQuantize, and everything else is kept out by name."""
+    others = sorted(op.get_friendly_name() for op in model.get_ops()
+                    if op.get_type_name() in ("MatMul", "Gather") and op.get_friendly_name() not in names)
+    return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM,
+                                 ignored_scope=nncf.IgnoredScope(names=others, validate=False))
 
 
 def _int8_weights(ov, nncf, model, ctx, opts, device):
