@@ -193,7 +193,7 @@ def _spec_from_cli(spec_file, model, target, precision, calib, calib_per_lang, e
             for t in targets)
     elif option:
         opts = _parse_options(option)
-        changes["matrix"] = tuple(dataclasses.replace(m, options={**m.options, **opts}) for m in spec.matrix)
+        changes["matrix"] = tuple(dataclasses.replace(m, options=_merge_options(m.options, opts)) for m in spec.matrix)
     if gate:
         changes["run_gates"] = _parse_gate_options(gate)
     if out:

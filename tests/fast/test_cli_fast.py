@@ -90,6 +90,17 @@ def test_target_and_precision_flags_keep_the_specs_recipe_options(toy_model, tmp
     assert options("--option", "int8-noisy.noise=0.75") == {"noise": 0.75}
 
 
+def test_an_option_on_the_command_line_changes_one_value_of_the_specs_recipe(toy_model, tmp_path):
+    """--option PREC.NAME=VALUE replaces that one value; the spec's other options for PREC stay."""
+    spec = tmp_path / "spec.toml"
+    spec.write_text('[model]\nname = "%s"\n[[matrix]]\ntarget = "ort-cpu"\nprecisions = ["int4"]\n'
+                    'options = { int4 = { block_size = 16, is_symmetric = false } }\n' % toy_model)
+    r = run("build", "--spec", spec, "-o", tmp_path / "s", "--option", "int4.block_size=64", "--dry-run")
+    assert r.exit_code == 0, r.output
+    options = json.loads(r.output)["plan"][-1]["options"]
+    assert options["block_size"] == 64 and options["is_symmetric"] is False
+
+
 def test_gate_failure_exits_3_and_a_broken_pair_exits_1(toy_model, tmp_path):
     r = run(*small(toy_model, tmp_path / "g", "-t", "fake-cpu", "-p", "int8-noisy"))
     assert r.exit_code == 3 and "fake-cpu/int8-noisy" in one_error_line(r)
