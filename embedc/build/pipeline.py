@@ -101,7 +101,7 @@ def plan_jobs(p: stages.Prepared, data: stages.BuildData, export_dir: Path, expo
     for target_name, precision in spec.pairs():
         target = get_target(target_name)
         backend = get_backend(target)
-        options, facts = resolve_pair(target, precision, spec.options_for(target_name, precision))
+        options, facts = resolve_pair(target, precision, stages.pair_options(p, target, precision))
         key = artifact_key(export_key=export_key, target=target, precision=precision, options=options,
                            facts=facts, calibration_hash=data.calibration_hash, eval_hash=data.eval_hash,
                            style=p.style.to_dict(), calib_max_length=p.calib_max_length,

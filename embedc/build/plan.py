@@ -26,7 +26,7 @@ def plan_build(spec: BuildSpec, *, cache_dir=None) -> dict:
              "max_length": p.eval_max_length}]
     for target_name, precision in spec.pairs():
         t = get_target(target_name)
-        options, facts = resolve_pair(t, precision, spec.options_for(target_name, precision))
+        options, facts = resolve_pair(t, precision, stages.pair_options(p, t, precision))
         plan.append({"stage": f"compile {target_name}/{precision}", "backend": t.backend, "device": t.device,
                      "options": options, "facts": facts,
                      "gates": gates_to_dict(resolve_gates(precision, spec.gate_layers(p.model_names)))})

@@ -35,6 +35,12 @@ def versions_of(names) -> dict:
     return {k: v[k] for k in names if k in v}
 
 
+def pair_options(p: "Prepared", target, precision: str) -> dict:
+    """A pair's backend options before the backend's own defaults: the model family's recipe
+    defaults, then the spec's (and the command line's) options for the pair, name by name."""
+    return {**p.family.recipe_defaults(target.backend, precision), **p.spec.options_for(target.name, precision)}
+
+
 def resolve_source(spec: BuildSpec):
     from ..models import resolve_model
 

@@ -223,6 +223,11 @@ class ModelFamily(ABC):
         Whatever this changes is saved with the export and every artifact."""
         return tokenizer
 
+    def recipe_defaults(self, backend: str, precision: str) -> dict:
+        """Backend options this family's models need by default (measured, not guessed); the
+        spec's and the command line's options for the pair override them name by name."""
+        return {}
+
 
 _FAMILIES: dict[str, ModelFamily] = {}
 _BUILTIN = ("embedc.families.encoder", "embedc.families.decoder")
