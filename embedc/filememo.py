@@ -11,7 +11,6 @@ thread: the values (a Rust tokenizer, an OpenVINO model) are not safe to share
 between threads that use them at once."""
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -51,8 +50,9 @@ def content_identity(paths: Iterable[Path]) -> tuple:
             continue
         digest = _DIGESTS.get(ident)
         if digest is None:
-            with open(p, "rb") as fh:
-                digest = hashlib.file_digest(fh, "sha256").hexdigest()
+            from .artifact import sha256_file
+
+            digest = sha256_file(p)
             if len(_DIGESTS) >= MAX_DIGESTS:
                 _DIGESTS.clear()
             _DIGESTS[ident] = digest
