@@ -34,10 +34,11 @@ class DecoderFamily(ModelFamily):
     low_memory_path = True
 
     # int8-static: the MLP down_proj inputs carry decoders' massive activations, which one static scale
-    # per tensor does not hold even after SmoothQuant; 8-bit weights with FP32 activations there instead.
-    # SmolLM2-135M causal, evaluation split (benchmarks/decoders.md): OpenVINO mean 0.97146 -> 0.99487,
-    # min 0.70 -> 0.95 at the same size; ORT 0.96576 -> 0.99203, min 0.84 -> 0.94, 138.2 -> 141.4 MB
-    # (ORT's sensitivity search still runs on top; with down_proj excluded it adds nothing there).
+    # per tensor does not hold even after SmoothQuant; those MatMuls get 8-bit weights only (activations
+    # FP32 on OpenVINO; on ORT, MatMulNBits quantizes them per block of 32 at run time).
+    # SmolLM2-135M, evaluation split (benchmarks/decoders.md): causal, OpenVINO mean 0.97146 -> 0.99487
+    # (min 0.70 -> 0.95, same size), ORT 0.96576 -> 0.99203 (min 0.84 -> 0.94, 138.2 -> 141.4 MB);
+    # bidirectional, ORT 0.99317 -> 0.99616 (min 0.49 -> 0.75). ORT's sensitivity search still runs on top.
     _RECIPES = {("openvino", "int8-static"): {"exclude": ["mlp.down_proj"], "excluded_as": "int8-weight-only"},
                 ("ort", "int8-static"): {"exclude": ["mlp.down_proj"], "excluded_as": "int8-weight-only"}}
 
