@@ -39,8 +39,8 @@ class DecoderFamily(ModelFamily):
     # SmolLM2-135M, evaluation split (benchmarks/decoders.md): causal, OpenVINO mean 0.97146 -> 0.99487
     # (min 0.70 -> 0.95, same size), ORT 0.96576 -> 0.99203 (min 0.84 -> 0.94, 138.2 -> 141.4 MB);
     # bidirectional, ORT 0.99317 -> 0.99616 (min 0.49 -> 0.75). ORT's sensitivity search still runs on top.
-    _RECIPES = {("openvino", "int8-static"): {"exclude": ["mlp.down_proj"], "excluded_as": "int8-weight-only"},
-                ("ort", "int8-static"): {"exclude": ["mlp.down_proj"], "excluded_as": "int8-weight-only"}}
+    _DOWN_PROJ_WEIGHT_ONLY = {"exclude": ("mlp.down_proj",), "excluded_as": "int8-weight-only"}
+    _RECIPES = {("openvino", "int8-static"): _DOWN_PROJ_WEIGHT_ONLY, ("ort", "int8-static"): _DOWN_PROJ_WEIGHT_ONLY}
 
     def recipe_defaults(self, backend: str, precision: str) -> dict:
         return dict(self._RECIPES.get((backend, precision), {}))
