@@ -28,6 +28,13 @@ AR = {"iters": 50, "nsamples": 64, "seqlen": 64}
 # AutoRound's own int_sym grid (full range, negative scales; ORT/OpenVINO only) at 200 iterations
 FR200 = {"algorithm": "autoround", **AR, "iters": 200, "full_range": True}
 
+# benchmarks/int4_sensitivity.py --budget 0.18 on all-MiniLM-L6-v2 (calibration split): every value and
+# attention-output projection, FFN up of layers 0, 3, 4 and FFN down of layer 0 (4.13M of 10.6M Linear weights)
+KEEP_18 = ("attention.self.value", "attention.output.dense", "layer.0.intermediate.dense",
+           "layer.3.intermediate.dense", "layer.4.intermediate.dense", "layer.0.output.dense")
+
+FR1000_KEEP = {**FR200, "iters": 1000, "nsamples": 128, "exclude": list(KEEP_18)}
+
 # variant -> [(target, int4 options)]
 VARIANTS: dict[str, list[tuple[str, dict]]] = {
     "default": [("ort-cpu-avx2", {}), ("openvino-cpu", {}), ("tensorrt-sm90", {})],
@@ -63,11 +70,44 @@ VARIANTS: dict[str, list[tuple[str, dict]]] = {
                                                   "quantize_embedding": False})],
     # more calibration for AutoRound's rounding: 128 windows of 128 tokens
     "autoround-fr200-n128": [("ort-cpu-avx2", {**FR200, "nsamples": 128, "seqlen": 128})],
+    # the Linears that benchmarks/int4_sensitivity.py picks on the calibration split for an 18% budget,
+    # kept out of AutoRound's computation (it tunes the rest around them) and stored 8-bit
+    "autoround-fr200-keep": [(t, {**FR200, "exclude": list(KEEP_18)}) for t in ("ort-cpu-avx2", "openvino-cpu")],
+    # the same weights: MatMulNBits in FP32 (accuracy_level 0) / the table 8-bit: where the rest of the loss is
+    "autoround-fr200-keep-acc0": [("ort-cpu-avx2", {**FR200, "exclude": list(KEEP_18), "accuracy_level": 0})],
+    "autoround-fr200-keep-table8": [("ort-cpu-avx2", {**FR200, "exclude": list(KEEP_18), "embedding_bits": 8})],
+    # longer AutoRound (1000 steps, 128 windows; auto-round's "best" recipe uses 1000)
+    "autoround-fr1000-keep": [("ort-cpu-avx2", FR1000_KEEP)],
+    "autoround-fr1000-keep-acc0": [("ort-cpu-avx2", {**FR1000_KEEP, "accuracy_level": 0})],
+    # the same with embedc's AutoRound defaults (positive scales, 128 x 64 tokens): every backend
+    "autoround-keep": [(t, {"algorithm": "autoround", "exclude": list(KEEP_18)})
+                       for t in ("ort-cpu-avx2", "openvino-cpu", "tensorrt-sm90")],
 }
 
 
+def calibration_parity(build_out: Path, artifact: Path, calibration: dict) -> dict:
+    """Mean / min cosine of the artifact against the FP32 export on the *calibration* split (the
+    split a recipe may be chosen on; the evaluation split stays for judging)."""
+    import numpy as np
+
+    from embedc.build.stages import load_splits
+    from embedc.runtime import load
+    from embedc.spec import spec_from_dict
+
+    splits = load_splits(spec_from_dict({"model": {"name": "x"}, "calibration": calibration,
+                                         "matrix": [{"target": "ort-cpu", "precisions": ["fp32"]}]}))
+    ref_enc, enc = load(Path(build_out) / "export"), load(artifact)
+    cos = []
+    for kind in ("query", "passage"):
+        texts = [s.text for s in splits.calibration if s.kind == kind]
+        if texts:
+            cos.append((ref_enc.encode(texts, kind=kind) * enc.encode(texts, kind=kind)).sum(-1))
+    c = np.concatenate(cos)
+    return {"calib_mean": round(float(c.mean()), 6), "calib_min": round(float(c.min()), 6)}
+
+
 def run_variant(model: str, name: str, cache: Path, *, targets: set[str] | None = None,
-                eval_max_length: int | None = None) -> list[dict]:
+                eval_max_length: int | None = None, judge_calibration: bool = False) -> list[dict]:
     from embedc.build.pipeline import build
     from embedc.spec import spec_from_dict
 
@@ -104,6 +144,8 @@ def run_variant(model: str, name: str, cache: Path, *, targets: set[str] | None 
                      "size_pct": round(100 * m["model_bytes"] / ref_bytes, 1) if ref_bytes else None,
                      "compile_seconds": m["compile_seconds"], "cached": o.cached,
                      "weights_seconds": w.get("compute_seconds"), "weights_reused": w.get("reused")})
+        if judge_calibration:
+            rows[-1].update(calibration_parity(result.out, Path(result.out) / o.path, calibration))
     print(f"{name}: {time.perf_counter() - t0:.0f} s", flush=True)
     return rows
 
@@ -139,6 +181,8 @@ def main() -> None:
     ap.add_argument("--targets", default=None, help="only these targets of each variant (comma-separated)")
     ap.add_argument("--eval-max-length", type=int, default=None, help="cap the evaluation texts (tokens)")
     ap.add_argument("--md", action="store_true", help="print the table of --out and exit")
+    ap.add_argument("--judge-calibration", action="store_true",
+                    help="also record each artifact's parity on the calibration split (calib_mean / calib_min)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     done = json.loads(args.out.read_text()) if args.out.is_file() else []
@@ -152,7 +196,8 @@ def main() -> None:
         cache = cache_root() / "stages"
     targets = set(args.targets.split(",")) if args.targets else None
     for name in args.variants.split(","):
-        rows = run_variant(args.model, name, cache, targets=targets, eval_max_length=args.eval_max_length)
+        rows = run_variant(args.model, name, cache, targets=targets, eval_max_length=args.eval_max_length,
+                           judge_calibration=args.judge_calibration)
         got = {(r["target"]) for r in rows}
         done = [r for r in done if not (r["variant"] == name and r.get("model", "all-minilm-l6-v2") == args.model
                                         and r["target"] in got)] + rows

@@ -66,7 +66,7 @@ class DecoderFamily(ModelFamily):
             notes.append("pplx-embed run as embedc's own bidirectional Qwen3 (the folder's remote code is not run)")
         return ModelAdapter(
             family=self.name, model_type=config["model_type"], attention=attention, pooling=pooling,
-            max_length=max_sequence_length(config, tokenizer), hidden_size=int(config["hidden_size"]),
+            max_length=max_sequence_length(config, tokenizer, source.path), hidden_size=int(config["hidden_size"]),
             final_norm="rmsnorm", padding_side=getattr(tokenizer, "padding_side", "right") or "right",
             outputs=outputs, notes=tuple(notes))
 

@@ -16,7 +16,7 @@ class EncoderFamily(ModelFamily):
         return ModelAdapter(
             family=self.name, model_type=config["model_type"], attention="bidirectional",
             pooling=Pooling.from_folder(source.path, self.default_pooling),
-            max_length=max_sequence_length(config, tokenizer), hidden_size=int(config["hidden_size"]),
+            max_length=max_sequence_length(config, tokenizer, source.path), hidden_size=int(config["hidden_size"]),
             final_norm="layernorm", padding_side=getattr(tokenizer, "padding_side", "right") or "right")
 
     def load_torch(self, source, adapter: ModelAdapter | None = None):

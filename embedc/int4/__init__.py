@@ -31,13 +31,28 @@ def is_torch_algorithm(options: Mapping) -> bool:
     return options.get("algorithm") in TORCH_ALGORITHMS
 
 
+def kept_paths(reference_onnx, patterns) -> list[str]:
+    """Module paths of the Linear MatMuls that the ``exclude`` patterns select in the reference
+    export (a pattern that selects none is an error): the torch computation leaves them out."""
+    if not patterns:
+        return []
+    import onnx
+
+    from ..onnxkit.graph import weight_matmuls
+    from ..onnxkit.scopes import module_paths, select_strict
+
+    model = onnx.load(str(reference_onnx), load_external_data=False)  # names and scopes only
+    paths = module_paths(model)
+    return sorted({paths[n] for n in select_strict({m.name: paths[m.name] for m in weight_matmuls(model)}, patterns)})
+
+
 def weights_for(ctx, options: Mapping) -> tuple[dict, dict]:
     """(layers, info) of the resolved int4 ``options`` through the compile context's
     cached stage; ``layers`` maps a module path to ``{"q": int8 [N, K], "scale": float32 [N, G]}``."""
     from ..errors import CompileError
     from .compute import Int4Settings, load_layers, require
 
-    settings = Int4Settings.from_options(options)
+    settings = Int4Settings.from_options(options, kept_paths(ctx.reference_onnx, options.get("exclude", ())))
     require(settings.algorithm)
     fetch = getattr(ctx, "int4_weights", None)
     if fetch is None:

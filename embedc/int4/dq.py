@@ -2,7 +2,8 @@
 initializer behind ``DequantizeLinear(axis=0, block_size)`` (opset 21),
 scales [K/block, N] (the layout TensorRT and OpenVINO's ONNX frontend read),
 and, for OpenVINO, the word-embedding table as int8 behind a per-row
-``DequantizeLinear``."""
+``DequantizeLinear`` and the Linears kept out of 4 bits as int8 behind a
+per-output-channel one."""
 from __future__ import annotations
 
 import numpy as np
@@ -45,3 +46,32 @@ def table_int8(model) -> dict | None:
     return {"node": node.name, "bits": 8, "scheme": "symmetric int8, one float32 scale per row",
             "rows": int(table.shape[0]), "width": int(table.shape[1]),
             "row_cosine_mean": round(float(cos.mean()), 6), "row_cosine_min": round(float(cos.min()), 6)}
+
+
+def weights_int8(model, names) -> list[str]:
+    """The named MatMuls' weights [K, N] as int8 + one float32 scale per output channel
+    (symmetric, ``DequantizeLinear(axis=1)``), in place: OpenVINO's 8-bit compressed weights
+    for the Linears a torch int4 recipe kept out of 4 bits."""
+    from onnx import helper, numpy_helper
+
+    from ..onnxkit.graph import initializer_map, remove_unused_initializer
+
+    inits = initializer_map(model)
+    wanted = set(names)
+    done = []
+    for node in list(model.graph.node):
+        if node.op_type != "MatMul" or node.name not in wanted:
+            continue
+        name = node.input[1]
+        w = numpy_helper.to_array(inits[name]).astype(np.float32)
+        scale = np.abs(w).max(axis=0) / 127.0
+        scale[scale == 0] = 1.0
+        q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
+        model.graph.initializer.extend([numpy_helper.from_array(q, name + "_i8"),
+                                        numpy_helper.from_array(scale.astype(np.float32), name + "_i8_scale")])
+        model.graph.node.insert(list(model.graph.node).index(node), helper.make_node(
+            "DequantizeLinear", [name + "_i8", name + "_i8_scale"], [name + "_dq"], name=node.name + "_dq_int8", axis=1))
+        node.input[1] = name + "_dq"
+        remove_unused_initializer(model, name)
+        done.append(node.name)
+    return done

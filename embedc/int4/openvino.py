@@ -19,16 +19,19 @@ def int4_model(ov, ctx, options: dict, work: Path) -> tuple[object, dict]:
     from ..onnxkit.graph import node_entries, strip_debug_metadata, upgrade_opset, weight_matmuls
     from ..onnxkit.scopes import module_paths
     from . import weights_for
-    from .dq import DQ_OPSET, apply_codes, table_int8
+    from ..onnxkit.scopes import select_strict
+    from .dq import DQ_OPSET, apply_codes, table_int8, weights_int8
     from .layers import match_layers
 
-    layers, info = weights_for(ctx, options)
+    layers, info = weights_for(ctx, {**options, "block_size": options["group_size"]})
     group = options["group_size"]
     model = upgrade_opset(load_model(ctx.reference_onnx), DQ_OPSET)
     paths = module_paths(model)
     linears = weight_matmuls(model)
-    matched = match_layers(model, layers, group, linears)
+    kept = set(select_strict({n.name: paths[n.name] for n in linears}, options["exclude"]))
+    matched = match_layers(model, layers, group, [n for n in linears if n.name not in kept])
     model = apply_codes(model, matched, group)
+    kept_8bit = weights_int8(model, kept)
     embedding = table_int8(model)
     strip_debug_metadata(model)
     work.mkdir(parents=True, exist_ok=True)
@@ -39,6 +42,8 @@ def int4_model(ov, ctx, options: dict, work: Path) -> tuple[object, dict]:
                       "DequantizeLinear(int4, axis=0, block_size) -> openvino.convert_model",
               "mode": "int4_sym", "group_size": group, "int4_weights": info,
               "quantized": node_entries(paths, list(matched)),
-              "left_float": node_entries(paths, [n.name for n in linears if n.name not in matched]),
+              "excluded": [{"node": n, "module": paths[n], "reason": "option exclude",
+                            "as": "int8 symmetric, one float32 scale per output channel"} for n in kept_8bit],
+              "left_float": node_entries(paths, [n.name for n in linears if n.name not in matched and n.name not in kept]),
               "embedding": embedding}
     return converted, recipe

@@ -57,14 +57,35 @@ def loadable_weights_format(source: ModelSource) -> str:
     return fmt
 
 
-def max_sequence_length(config: dict, tokenizer) -> int:
+def max_sequence_length(config: dict, tokenizer, folder: Path | None = None) -> int:
     """The model's own maximum tokens: position table (minus RoBERTa's padding
-    offset) and the tokenizer's model_max_length, whichever is smaller."""
+    offset), the tokenizer's model_max_length and, in a sentence-transformers
+    folder, ``sentence_bert_config.json``'s ``max_seq_length``, whichever is
+    smallest. The last is what ``SentenceTransformer`` truncates at, i.e. what the
+    torch model an artifact replaces embeds (all-MiniLM-L6-v2: 256 of 512 positions)."""
     positions = int(config.get("max_position_embeddings", 512))
     if config.get("model_type") in ("xlm-roberta", "roberta"):
         positions -= int(config.get("pad_token_id", 1)) + 1  # positions start after padding_idx
     limit = getattr(tokenizer, "model_max_length", positions) or positions
-    return int(min(positions, limit if limit < 10**6 else positions))
+    out = min(positions, limit if limit < 10**6 else positions)
+    served = _sentence_transformers_length(folder) if folder is not None else None
+    return int(min(out, served) if served else out)
+
+
+def _sentence_transformers_length(folder: Path) -> int | None:
+    file = Path(folder) / "sentence_bert_config.json"
+    if not file.is_file():
+        return None
+    try:
+        value = json.loads(file.read_text(encoding="utf-8")).get("max_seq_length")
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
+        raise ModelSourceError(f"{file} is not valid JSON", "repair or remove sentence_bert_config.json") from exc
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ModelSourceError(f"{file} has max_seq_length {value!r}, not a positive integer",
+                               "set it to the length the model serves at, or remove the key")
+    return value
 
 
 def load_hf_model(source: ModelSource, *, pooling_layer: bool | None = None, model_class=None):

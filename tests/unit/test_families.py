@@ -78,3 +78,24 @@ def test_artifact_serves_at_the_models_own_max_length(tiny_source, tiny_referenc
     assert cosines(got, full)[0] > 0.99999
     assert cosines(full, cut)[0] < 0.9999  # so the check above would catch a 256-token artifact
     assert np.isclose(np.linalg.norm(got), 1.0, atol=1e-5)
+
+
+def test_sentence_transformers_serving_length_is_the_models_own(tiny_source, tmp_path):
+    """A sentence-transformers folder serves at its ``max_seq_length`` (all-MiniLM-L6-v2: 256 of 512
+    positions): that is where the torch model an artifact replaces truncates. A bad value is one line."""
+    folder = _with_pooling(tiny_source.path, tmp_path / "st-model", pooling_mode_mean_tokens=True)
+    source = resolve_model(str(folder))
+    assert adapter_for(source, load_tokenizer(source)).max_length == 512  # no sentence_bert_config.json
+    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 128}))
+    assert adapter_for(source, load_tokenizer(source)).max_length == 128
+    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 4096}))
+    assert adapter_for(source, load_tokenizer(source)).max_length == 512  # never past the position table
+    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": "long"}))
+    with pytest.raises(ModelSourceError, match="max_seq_length") as err:
+        adapter_for(source, load_tokenizer(source))
+    assert "\n" not in str(err.value)
+
+
+def test_all_minilm_serves_at_256_like_sentence_transformers():
+    source = resolve_model("all-minilm-l6-v2")
+    assert adapter_for(source, load_tokenizer(source)).max_length == 256

@@ -189,6 +189,54 @@ def test_tensorrt_writer_with_broken_rounding_misses_the_floor(ctx, scaled_eval,
     assert not meets_floor(_cos(runner, scaled_eval), "int4")
 
 
+# ---- layers kept out of 4 bits -------------------------------------------------------------------------
+KEPT = "attention.self.value"  # 2 of the tiny model's 12 Linears
+
+
+def test_excluded_layers_are_computed_around_and_stored_in_8_bits(ctx, stage, scaled_eval, tmp_path):
+    """``exclude`` with a torch algorithm: the named Linears are left out of the AutoRound computation
+    (no codes; another stage entry, whose other codes differ because AutoRound tuned them around the
+    full-precision layers), then stored 8-bit by ORT and OpenVINO and FP16 by TensorRT; each artifact
+    meets the int4 floor."""
+    import onnx
+    from onnx import helper
+
+    from embedc.int4.compute import Int4Settings, load_layers
+    from embedc.targets.openvino.backend import BACKEND as OV
+    from embedc.targets.ort.backend import BACKEND as ORT
+    from embedc.targets.tensorrt.backend import BACKEND as TRT
+
+    res, runner = _compile(ORT, "ort-cpu-avx2", ctx, tmp_path / "ort", algorithm="autoround", exclude=KEPT)
+    assert meets_floor(_cos(runner, scaled_eval), "int4")
+    info = res.recipe["int4_weights"]
+    kept = info["settings"]["keep"]
+    assert len(kept) == 2 and all(k.endswith(KEPT) for k in kept)
+    bits = [helper.get_attribute_value(a) for n in onnx.load(str(tmp_path / "ort" / res.model_file)).graph.node
+            if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "bits"]
+    assert sorted(bits) == [4] * 10 + [8] * 2
+
+    with_keep = load_layers(stage(Int4Settings(**FAST, keep=tuple(kept)))[0] / "layers.npz")
+    without = load_layers(stage(Int4Settings(**FAST))[0] / "layers.npz")
+    assert set(without) - set(with_keep) == set(kept) and len(with_keep) == 10
+    assert any(not np.array_equal(with_keep[k]["q"], without[k]["q"]) for k in with_keep)
+    # neural-compressor's GPTQ keeps them out the same way (its error feedback runs through them in fp32)
+    gptq, info_gptq = stage(Int4Settings(**FAST, algorithm="gptq-inc", keep=tuple(kept)))
+    assert info_gptq["layers"] == 10 and not set(kept) & set(load_layers(gptq / "layers.npz"))
+
+    res, runner = _compile(OV, "openvino-cpu", ctx, tmp_path / "ov", algorithm="autoround", exclude=KEPT)
+    assert meets_floor(_cos(runner, scaled_eval), "int4")
+    xml = (tmp_path / "ov" / res.model_file).read_text()
+    assert xml.count('element_type="i4"') == 10 and xml.count('element_type="i8"') == 3  # + the table
+    assert res.recipe["int4_weights"]["stage_key"] == info["stage_key"]  # one computation for both backends
+    assert [e["module"] for e in res.recipe["excluded"]] == kept
+
+    res, runner = _compile(TRT, "tensorrt-sm90", ctx, tmp_path / "trt", algorithm="autoround", exclude=KEPT,
+                           search=False)
+    assert meets_floor(_cos(runner, scaled_eval), "int4")
+    dqs = [n for n in onnx.load(str(tmp_path / "trt" / res.model_file)).graph.node if n.name.endswith("_dq_int4")]
+    assert len(dqs) == 10
+
+
 # ---- the stage ---------------------------------------------------------------------------------------
 def test_stage_computes_once_per_settings_and_is_reused(ctx, stage, tmp_path, monkeypatch):
     from embedc.int4.compute import Int4Settings

@@ -120,7 +120,9 @@ def _schema(target: Target, precision: str) -> dict[str, opt.Option]:
                         # int8-static does), or FP32 altogether
                         "excluded_as": opt.choice("int8-weight-only", ("int8-weight-only", "fp32"))},
         "int8-weights": {"mode": opt.choice("int8_asym", ("int8_asym", "int8_sym"))},
+        # exclude: kept out of 4 bits (torch algorithms: int8 per channel, computed around; nncf: ignored_scope)
         "int4": {"algorithm": opt.choice("nncf", ("nncf", "autoround", "gptq-inc")), **int4_options(),
+                 "exclude": opt.patterns(),
                  "mode": opt.choice(INT4_DEFAULTS["mode"], ("int4_asym", "int4_sym")), "group_size": _group_size(),
                  "ratio": opt.number(INT4_DEFAULTS["ratio"], lo=0.0, hi=1.0, open_lo=True),
                  "all_layers": opt.flag(INT4_DEFAULTS["all_layers"]),
@@ -313,6 +315,9 @@ def _int4(ov, nncf, model, ctx, opts, device):
             f"pass {' '.join(f'--option int4.{k}=false' for k in on)} for this target, "
             f"or set export.low_memory = \"off\" on a machine that holds the model twice")
     # the calibration set drives mixed precision (which layers stay 8-bit) and SE/AWQ; else unused
+    ignored, ignored_rec = _ignored_scope(nncf, model, ctx, opts["exclude"])
+    if ignored is not None:  # NNCF leaves them as they are (FP32)
+        kwargs["ignored_scope"] = ignored
     data_aware = ratio < 1.0 or any(algos.values())
     if data_aware:
         rows = _calibration_rows(ctx, [p.get_any_name() for p in model.inputs])
@@ -320,7 +325,7 @@ def _int4(ov, nncf, model, ctx, opts, device):
     compressed = nncf.compress_weights(model, **kwargs)
     recipe = {"call": "nncf.compress_weights", "mode": mode.value, "group_size": kwargs["group_size"],
               "ratio": ratio, "all_layers": kwargs["all_layers"], "backup_mode": kwargs["backup_mode"].value,
-              "group_size_fallback": "adjust", **algos, "data_aware": data_aware,
+              "group_size_fallback": "adjust", **algos, "data_aware": data_aware, "ignored_scope": ignored_rec,
               # NNCF's default with a dataset: rank layers for the 8-bit backup by activation variance
               "sensitivity_metric": "max_activation_variance" if ratio < 1.0 else None,
               "calibration_rows": kwargs.get("subset_size", 0)}

@@ -159,9 +159,10 @@ def quantize_int4(model, ctx, work: Path, options: dict, tail) -> tuple[object, 
         from ...int4 import weights_for
         from ...int4.layers import match_layers
 
-        computed, torch_info = weights_for(ctx, options)
-        matched = match_layers(prep.model, computed, block, prep.candidates)
-        missing = [prep.scopes[n.name] for n in prep.candidates if n.name not in matched]
+        computed, torch_info = weights_for(ctx, options)  # the exclude option's layers: kept out, no codes
+        kept_out = set(_forced(prep, options))
+        matched = match_layers(prep.model, computed, block, [n for n in prep.candidates if n.name not in kept_out])
+        missing = [prep.scopes[n.name] for n in prep.candidates if n.name not in matched and n.name not in kept_out]
         if missing:
             raise CompileError(f"{algorithm} computed no int4 weights for {missing[0]}",
                                "report this with the model name; exclude that layer meanwhile")
