@@ -17,9 +17,8 @@ def int4_model(ov, ctx, options: dict, work: Path) -> tuple[object, dict]:
     """(ov.Model, recipe part) for the torch-computed algorithms."""
     from ..onnxkit.files import load_model, save_model
     from ..onnxkit.graph import node_entries, strip_debug_metadata, upgrade_opset, weight_matmuls
-    from ..onnxkit.scopes import module_paths
+    from ..onnxkit.scopes import module_paths, select_strict
     from . import weights_for
-    from ..onnxkit.scopes import select_strict
     from .dq import DQ_OPSET, apply_codes, table_int8, weights_int8
     from .layers import match_layers
 

@@ -230,6 +230,15 @@ def test_excluded_layers_are_computed_around_and_stored_in_8_bits(ctx, stage, sc
     assert res.recipe["int4_weights"]["stage_key"] == info["stage_key"]  # one computation for both backends
     assert [e["module"] for e in res.recipe["excluded"]] == kept
 
+    # NNCF's own int4 takes the same option as its ignored_scope (those MatMuls stay FP32)
+    def u4_constants(out, **extra):
+        res, _ = _compile(OV, "openvino-cpu", ctx, tmp_path / out, ratio=1.0, scale_estimation=False, **extra)
+        return res, (tmp_path / out / res.model_file).read_text().count('element_type="u4"')  # int4_asym
+
+    res, with_exclude = u4_constants("ov-nncf", exclude=KEPT)
+    assert res.recipe["ignored_scope"]["nodes"] == 2
+    assert 0 < with_exclude < u4_constants("ov-nncf-all")[1]
+
     res, runner = _compile(TRT, "tensorrt-sm90", ctx, tmp_path / "trt", algorithm="autoround", exclude=KEPT,
                            search=False)
     assert meets_floor(_cos(runner, scaled_eval), "int4")

@@ -314,10 +314,10 @@ def _int4(ov, nncf, model, ctx, opts, device):
             f"openvinotoolkit/nncf#3494)",
             f"pass {' '.join(f'--option int4.{k}=false' for k in on)} for this target, "
             f"or set export.low_memory = \"off\" on a machine that holds the model twice")
-    # the calibration set drives mixed precision (which layers stay 8-bit) and SE/AWQ; else unused
     ignored, ignored_rec = _ignored_scope(nncf, model, ctx, opts["exclude"])
     if ignored is not None:  # NNCF leaves them as they are (FP32)
         kwargs["ignored_scope"] = ignored
+    # the calibration set drives mixed precision (which layers stay 8-bit) and SE/AWQ; else unused
     data_aware = ratio < 1.0 or any(algos.values())
     if data_aware:
         rows = _calibration_rows(ctx, [p.get_any_name() for p in model.inputs])
