@@ -31,19 +31,25 @@ def is_torch_algorithm(options: Mapping) -> bool:
     return options.get("algorithm") in TORCH_ALGORITHMS
 
 
+def kept_nodes(model, patterns) -> dict[str, str]:
+    """Node name -> module path of the Linear MatMuls that the ``exclude`` patterns select (a
+    pattern that selects none is an error): what the torch computation leaves out of 4 bits."""
+    from ..onnxkit.graph import weight_matmuls
+    from ..onnxkit.scopes import module_paths, select_strict
+
+    if not patterns:
+        return {}
+    paths = module_paths(model)
+    return {n: paths[n] for n in select_strict({m.name: paths[m.name] for m in weight_matmuls(model)}, patterns)}
+
+
 def kept_paths(reference_onnx, patterns) -> list[str]:
-    """Module paths of the Linear MatMuls that the ``exclude`` patterns select in the reference
-    export (a pattern that selects none is an error): the torch computation leaves them out."""
+    """:func:`kept_nodes`' module paths in the reference export (read without its weights)."""
     if not patterns:
         return []
     import onnx
 
-    from ..onnxkit.graph import weight_matmuls
-    from ..onnxkit.scopes import module_paths, select_strict
-
-    model = onnx.load(str(reference_onnx), load_external_data=False)  # names and scopes only
-    paths = module_paths(model)
-    return sorted({paths[n] for n in select_strict({m.name: paths[m.name] for m in weight_matmuls(model)}, patterns)})
+    return sorted(set(kept_nodes(onnx.load(str(reference_onnx), load_external_data=False), patterns).values()))
 
 
 def weights_for(ctx, options: Mapping) -> tuple[dict, dict]:

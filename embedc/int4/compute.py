@@ -242,7 +242,8 @@ def _inc(model, windows: np.ndarray, s: Int4Settings, kept: Sequence[str] = ()) 
     import torch
     from neural_compressor.torch.quantization import GPTQConfig, convert, prepare
 
-    names = [n for n in linear_names(model) if n not in set(kept)]
+    skip = set(kept)
+    names = [n for n in linear_names(model) if n not in skip]
     weights = {n: m.weight.detach().clone() for n, m in model.named_modules() if n in names}
     cfg = GPTQConfig(bits=4, group_size=s.group_size, use_sym=True)
     for name in kept:  # fp32: GPTQ's error feedback runs through the kept layer unquantized

@@ -17,8 +17,8 @@ def int4_model(ov, ctx, options: dict, work: Path) -> tuple[object, dict]:
     """(ov.Model, recipe part) for the torch-computed algorithms."""
     from ..onnxkit.files import load_model, save_model
     from ..onnxkit.graph import node_entries, strip_debug_metadata, upgrade_opset, weight_matmuls
-    from ..onnxkit.scopes import module_paths, select_strict
-    from . import weights_for
+    from ..onnxkit.scopes import module_paths
+    from . import kept_nodes, weights_for
     from .dq import DQ_OPSET, apply_codes, table_int8, weights_int8
     from .layers import match_layers
 
@@ -27,7 +27,7 @@ def int4_model(ov, ctx, options: dict, work: Path) -> tuple[object, dict]:
     model = upgrade_opset(load_model(ctx.reference_onnx), DQ_OPSET)
     paths = module_paths(model)
     linears = weight_matmuls(model)
-    kept = set(select_strict({n.name: paths[n.name] for n in linears}, options["exclude"]))
+    kept = set(kept_nodes(model, options["exclude"]))
     matched = match_layers(model, layers, group, [n for n in linears if n.name not in kept])
     model = apply_codes(model, matched, group)
     kept_8bit = weights_int8(model, kept)

@@ -155,12 +155,13 @@ def quantize_int4(model, ctx, work: Path, options: dict, tail) -> tuple[object, 
     inits = {i.name: i for i in prep.model.graph.initializer}
     layers: dict[str, tuple] = {}  # each layer is quantized once, whatever the search keeps
     torch_info = None
+    forced = _forced(prep, options)  # the exclude option's layers: FP16, and no torch codes for them
     if is_torch_algorithm(options):  # codes computed in torch once for every backend (embedc.int4)
         from ...int4 import weights_for
         from ...int4.layers import match_layers
 
-        computed, torch_info = weights_for(ctx, options)  # the exclude option's layers: kept out, no codes
-        kept_out = set(_forced(prep, options))
+        computed, torch_info = weights_for(ctx, options)
+        kept_out = set(forced)
         matched = match_layers(prep.model, computed, block, [n for n in prep.candidates if n.name not in kept_out])
         missing = [prep.scopes[n.name] for n in prep.candidates if n.name not in matched and n.name not in kept_out]
         if missing:
@@ -177,7 +178,6 @@ def quantize_int4(model, ctx, work: Path, options: dict, tail) -> tuple[object, 
         save_model(apply_int4(prep.model, {k: v for k, v in layers.items() if k not in excluded}, block), out)
         return out
 
-    forced = _forced(prep, options)
     ranker = Ranker(prep, acts)
     result = _search(prep, build, ranker, options, forced)
     qm, final = _finish(prep, result.path, "fp16", tail, work / "final.onnx")
