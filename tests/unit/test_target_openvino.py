@@ -236,6 +236,70 @@ def test_a_large_reference_is_quantized_from_a_mapped_ir_with_the_same_result(bu
     assert ops[0] == ops[1]   # the XML differs only in generated node names
 
 
+def test_nncf_run_step_by_step_gives_nncf_quantizes_model(scaled_context, tmp_path, monkeypatch):
+    """int8-static runs NNCF's pipeline one step at a time (embedc.targets.openvino.nncf_steps)
+    so that a large model's memory can be freed between SmoothQuant and the ranges; the IR
+    must be the one ``nncf.quantize`` writes (here with the mapped IR between steps; the next
+    test checks the in-memory run against the mapped one through the backend)."""
+    import nncf
+    import openvino as ov
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
+
+    from embedc.targets.openvino.backend import _calibration_rows
+    from embedc.targets.openvino.convert import converted_reference
+    from embedc.targets.openvino.nncf_steps import quantize_in_steps
+
+    def args():
+        model = converted_reference(ov, scaled_context.reference_onnx)[0]
+        rows = _calibration_rows(scaled_context, [p.get_any_name() for p in model.inputs])
+        return model, nncf.Dataset(rows), dict(
+            model_type=nncf.ModelType.TRANSFORMER, preset=nncf.QuantizationPreset.MIXED, subset_size=len(rows),
+            advanced_parameters=AdvancedQuantizationParameters(
+                overflow_fix=nncf.OverflowFix.DISABLE, smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=0.95)))
+
+    from nncf.openvino.graph.model_transformer import OVModelTransformer
+
+    created = OVModelTransformer.__dict__["_create_constant"].__func__
+    smoothed: dict[str, list] = {}
+
+    def spy(value, dtype, name, shared_memory=False):  # what reaches the model builder, per run
+        if shared_memory:   # SmoothQuant's weight updates are the shared-memory constants
+            smoothed.setdefault(run_name, []).append(value.dtype)
+        return created(value, dtype, name, shared_memory)
+
+    monkeypatch.setattr(OVModelTransformer, "_create_constant", staticmethod(spy))
+    saved = {}
+    for run_name, run in {"nncf.quantize": lambda m, d, kw: nncf.quantize(m, d, **kw),
+                      "steps-mapped": lambda m, d, kw: quantize_in_steps(ov, nncf, m, d, scratch=tmp_path / "s", **kw)
+                      }.items():
+        model, data, kw = args()
+        ov.save_model(run(model, data, kw), str(tmp_path / f"{run_name}.xml"), compress_to_fp16=False)
+        saved[run_name] = (tmp_path / f"{run_name}.bin").read_bytes()
+    assert len(saved["nncf.quantize"]) > 0
+    assert saved["steps-mapped"] == saved["nncf.quantize"]
+    assert (tmp_path / "s" / "step0.bin").is_file()   # SmoothQuant's model went through the mapped IR
+    # NNCF alone hands over float64 weights (twice the model's size, held until the end of SmoothQuant)
+    assert set(smoothed["nncf.quantize"]) == {np.dtype("float64")}
+    assert set(smoothed["steps-mapped"]) == {np.dtype("float32")}
+    types = _const_types(ov.Core().read_model(str(tmp_path / "steps-mapped.xml")))
+    assert "i8" in types or "u8" in types, types   # really quantized, not the FP32 graph twice
+
+
+def test_a_large_reference_runs_int8_static_through_mapped_steps_with_the_same_result(build, scaled_context,
+                                                                                      tmp_path, monkeypatch):
+    from embedc.targets.openvino import convert
+
+    out, res = build("openvino-cpu", "int8-static")
+    monkeypatch.setattr(convert, "KEEP_CONVERTED_BYTES", 0)
+    work = tmp_path / "work"
+    work.mkdir()
+    mapped = BACKEND.compile(TARGET["openvino-cpu"], "int8-static",
+                             dataclasses.replace(scaled_context, work_dir=work), tmp_path / "mapped")
+    assert "read back memory-mapped" in mapped.recipe["run"] and "memory-mapped" not in res.recipe["run"]
+    assert (work / "nncf-steps" / "step0.bin").is_file()
+    assert (tmp_path / "mapped" / WEIGHTS).read_bytes() == (out / WEIGHTS).read_bytes()
+
+
 def test_openvino_and_nncf_write_nothing_into_the_home_folder_and_send_nothing(tmp_path):
     """Imported plainly, openvino and nncf write ~/intel/openvino_ga_cid and ~/intel/stats, and
     convert_model forks a process that posts usage telemetry. Through embedc: nothing in HOME."""

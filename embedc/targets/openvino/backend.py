@@ -31,7 +31,8 @@ from .telemetry import block_telemetry
 from ..base import Backend, Capabilities, CompileContext, CompileResult, Target
 from ..registry import check_precision
 from . import shapes
-from .convert import converted_reference, untransposed_weights
+from .convert import converted_reference, is_large, untransposed_weights
+from .nncf_steps import quantize_in_steps
 from ...int4 import is_torch_algorithm, options_schema as int4_options
 
 PRECISIONS = ("fp32", "fp16", "int8-static", "int8-weights", "int4")
@@ -234,17 +235,21 @@ def overflow_fix_choice(device: str, value: str) -> tuple[str, str]:
 
 
 # ---- precision steps: model -> (model, recipe, compress_to_fp16) -----------
-def _fp32(ov, nncf, model, ctx, opts, device):
-    return model, {}, False
+# Each step takes the converted model out of ``held`` (a one-item list), so that it holds the only
+# reference: int8-static on a large model frees the original weights between NNCF's pipeline steps.
+
+def _fp32(ov, nncf, held, ctx, opts, device):
+    return held.pop(), {}, False
 
 
-def _fp16(ov, nncf, model, ctx, opts, device):
-    return model, {"weights": "fp16 via save_model(compress_to_fp16=True)"}, True
+def _fp16(ov, nncf, held, ctx, opts, device):
+    return held.pop(), {"weights": "fp16 via save_model(compress_to_fp16=True)"}, True
 
 
-def _int8_static(ov, nncf, model, ctx, opts, device):
+def _int8_static(ov, nncf, held, ctx, opts, device):
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
 
+    model = held[0]
     names = [p.get_any_name() for p in model.inputs]
     rows = _calibration_rows(ctx, names)
     alpha = opts["smooth_quant_alpha"]
@@ -253,12 +258,16 @@ def _int8_static(ov, nncf, model, ctx, opts, device):
     preset = _enum(nncf.QuantizationPreset, opts["preset"])
     ignored, ignored_rec = _ignored_scope(nncf, model, ctx, opts["exclude"])
     target_device = nncf.TargetDevice[device.split(".")[0]]
-    quantized = nncf.quantize(
-        model, nncf.Dataset(rows), model_type=nncf.ModelType.TRANSFORMER, preset=preset,
-        target_device=target_device, subset_size=len(rows), ignored_scope=ignored,
+    # a large model goes through a mapped IR between NNCF's steps (nncf_steps); the result is the same
+    scratch = Path(ctx.work_dir) / "nncf-steps" if _low_memory(ctx) or is_large(ctx.reference_onnx) else None
+    del model
+    quantized = quantize_in_steps(
+        ov, nncf, held.pop(), nncf.Dataset(rows), scratch=scratch, model_type=nncf.ModelType.TRANSFORMER,
+        preset=preset, target_device=target_device, subset_size=len(rows), ignored_scope=ignored,
         advanced_parameters=AdvancedQuantizationParameters(
             overflow_fix=fix, smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=alpha)))
-    recipe = {"call": "nncf.quantize", "model_type": "TRANSFORMER", "preset": preset.value,
+    run = "one pipeline step at a time" + (", each step's model saved and read back memory-mapped" if scratch else "")
+    recipe = {"call": "nncf.quantize", "run": run, "model_type": "TRANSFORMER", "preset": preset.value,
               "target_device": target_device.value, "calibration_rows": len(rows), "subset_size": len(rows),
               "smooth_quant_alpha_matmul": alpha, "overflow_fix": fix.value, "overflow_fix_reason": why,
               "ignored_scope": ignored_rec}
@@ -279,12 +288,13 @@ def _weights_only(nncf, model, names: set[str]):
                                  ignored_scope=nncf.IgnoredScope(names=others, validate=False))
 
 
-def _int8_weights(ov, nncf, model, ctx, opts, device):
+def _int8_weights(ov, nncf, held, ctx, opts, device):
     mode = _enum(nncf.CompressWeightsMode, opts["mode"])
-    return nncf.compress_weights(model, mode=mode), {"call": "nncf.compress_weights", "mode": mode.value}, False
+    return nncf.compress_weights(held.pop(), mode=mode), {"call": "nncf.compress_weights", "mode": mode.value}, False
 
 
-def _int4(ov, nncf, model, ctx, opts, device):
+def _int4(ov, nncf, held, ctx, opts, device):
+    model = held.pop()
     if is_torch_algorithm(opts):  # codes computed in torch (embedc.int4), written as i4 constants
         from ...int4.openvino import int4_model
 
@@ -457,7 +467,9 @@ class OpenVINOBackend(Backend):
         t0 = time.perf_counter()
         try:
             with _nncf_output(nncf) if nncf else contextlib.nullcontext():
-                model, step, fp16 = _STEPS[precision](ov, nncf, model, ctx, opts, device)
+                held = [model]
+                del model
+                model, step, fp16 = _STEPS[precision](ov, nncf, held, ctx, opts, device)
         except EmbedcError:
             raise
         except Exception as exc:  # NNCF errors are plain exceptions with long messages

@@ -40,14 +40,21 @@ def converted_reference(ov, onnx_file: Path, *, low_memory: bool = False,
     if low_memory:
         return (ov.Core().read_model(str(onnx_file)),
                 "openvino.Core.read_model(reference ONNX), external data memory-mapped (low-memory path)")
-    files = [onnx_file, *sorted(onnx_file.parent.glob("*.data"))]  # the graph and its external data
-    if sum(f.stat().st_size for f in files) <= KEEP_CONVERTED_BYTES:
+    if not is_large(onnx_file):
+        files = [onnx_file, *sorted(onnx_file.parent.glob("*.data"))]  # the graph and its external data
         return (memoized("openvino.convert_model", files, lambda: ov.convert_model(str(onnx_file))).clone(),
                 "openvino.convert_model(reference ONNX)")
     if mapped_in is None:
         return ov.convert_model(str(onnx_file)), "openvino.convert_model(reference ONNX)"
     return (_mapped_conversion(ov, onnx_file, Path(mapped_in)),
             "openvino.convert_model(reference ONNX), saved to a scratch IR and read back memory-mapped")
+
+
+def is_large(onnx_file: Path) -> bool:
+    """Whether the ONNX with its external data is over ``KEEP_CONVERTED_BYTES``."""
+    onnx_file = Path(onnx_file)
+    files = [onnx_file, *onnx_file.parent.glob("*.data")]
+    return sum(f.stat().st_size for f in files) > KEEP_CONVERTED_BYTES
 
 
 def _mapped_conversion(ov, onnx_file: Path, folder: Path):
