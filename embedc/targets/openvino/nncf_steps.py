@@ -29,6 +29,7 @@ NNCF (constraints.txt) is what it is tested against.
 from __future__ import annotations
 
 import contextlib
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -36,22 +37,37 @@ import numpy as np
 from ...memory import release_memory
 
 
+_patch_lock = threading.Lock()
+_patch_users = 0
+
+
 @contextlib.contextmanager
 def _float32_smoothed_weights():
+    """Patch NNCF's SmoothQuant weight update for the duration (counted, so that pairs compiling
+    in parallel threads neither stack the patch nor remove it from under each other)."""
+    global _patch_users
     from nncf.quantization.algorithms.smooth_quant.openvino_backend import OVSmoothQuantAlgoBackend
 
-    original = OVSmoothQuantAlgoBackend.__dict__["weight_update_command"]
+    with _patch_lock:
+        if _patch_users == 0:
+            original = OVSmoothQuantAlgoBackend.__dict__["weight_update_command"]
 
-    def weight_update_command(node_with_weight, nncf_graph, weight_value):
-        if isinstance(weight_value, np.ndarray) and weight_value.dtype == np.float64:
-            weight_value = weight_value.astype(np.float32)
-        return original.__func__(node_with_weight, nncf_graph, weight_value)
+            def weight_update_command(node_with_weight, nncf_graph, weight_value):
+                if isinstance(weight_value, np.ndarray) and weight_value.dtype == np.float64:
+                    weight_value = weight_value.astype(np.float32)
+                return original.__func__(node_with_weight, nncf_graph, weight_value)
 
-    OVSmoothQuantAlgoBackend.weight_update_command = staticmethod(weight_update_command)
+            weight_update_command.original = original
+            OVSmoothQuantAlgoBackend.weight_update_command = staticmethod(weight_update_command)
+        _patch_users += 1
     try:
         yield
     finally:
-        OVSmoothQuantAlgoBackend.weight_update_command = original
+        with _patch_lock:
+            _patch_users -= 1
+            if _patch_users == 0:
+                patched = OVSmoothQuantAlgoBackend.__dict__["weight_update_command"].__func__
+                OVSmoothQuantAlgoBackend.weight_update_command = patched.original
 
 
 def quantize_in_steps(ov, nncf, model, dataset, *, scratch: Path | None = None, **quantize_kwargs):
