@@ -14,6 +14,8 @@ import sys
 
 def release_rewriter_graphs() -> int:
     """Drop the graphs onnxscript's loaded rule sets still hold; returns how many matchers were reset."""
+    if "onnxscript.rewriter._rewrite_rule" not in sys.modules:
+        return 0  # no dynamo export ran in this process (a hand-written family's): no rule holds a graph
     try:
         from onnxscript.rewriter._rewrite_rule import RewriteRule, RewriteRuleSet
     except ImportError:  # another onnxscript layout: nothing known to reset

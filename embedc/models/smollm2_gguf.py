@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
+from contextlib import contextmanager
 from importlib import metadata, util
 from pathlib import Path
 
@@ -71,8 +73,9 @@ def convert_gguf(gguf: Path, dest: Path) -> Path:
 
     t0 = time.perf_counter()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        lm = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        with _gguf_parsed_once():
+            tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            lm = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     except ImportError as exc:
         raise MissingDependencyError("reading GGUF needs the 'gguf' package", "pip install gguf") from exc
     except (OSError, ValueError) as exc:
@@ -94,6 +97,38 @@ def convert_gguf(gguf: Path, dest: Path) -> Path:
             "seconds": round(time.perf_counter() - t0, 1), "parameters": int(sum(v.numel() for v in state.values())),
         }, indent=2))
     return dest
+
+
+_GGUF_PATCH = threading.Lock()
+
+
+@contextmanager
+def _gguf_parsed_once():
+    """transformers' GGUF loader parses the file three times (config, tokenizer, weights; each
+    ~12 s here, gguf-py reads the 49k-entry vocabulary field by field) and rebuilds gguf's
+    tensor-name map for each of ~400 modules (~13 s). Both are pure functions of their
+    arguments on a read-only file, so while converting, each is computed once: the same
+    values in about half the time (tests/integration/test_smollm2.py checks them)."""
+    import functools
+
+    import gguf
+
+    with _GGUF_PATCH:
+        real_reader, real_name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+        readers: dict = {}
+
+        def reader(path, mode="r"):
+            key = (os.fspath(path), mode)
+            if key not in readers:
+                readers[key] = real_reader(path, mode)
+            return readers[key]
+
+        gguf.GGUFReader, gguf.get_tensor_name_map = reader, functools.lru_cache(maxsize=None)(real_name_map)
+        try:
+            yield
+        finally:
+            gguf.GGUFReader, gguf.get_tensor_name_map = real_reader, real_name_map
+            readers.clear()
 
 
 def variant_dir(variant: str) -> Path:

@@ -33,6 +33,17 @@ def _register_fakes():
             unregister_backend(name)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _no_plots():
+    """report.html without its two matplotlib plots (1.2-3 s a build, ~60 builds here): this
+    suite checks files, processes and the cache; the plots are tested in tests/fast and
+    tests/unit/test_pipeline.py. Module-scoped, so a worker's later modules draw them again."""
+    from rel_helpers import without_plots
+
+    with without_plots():
+        yield
+
+
 @pytest.fixture(scope="session")
 def toy(tmp_path_factory):
     return make_toy_model(tmp_path_factory.mktemp("rel-toy") / "toy-model")

@@ -13,7 +13,7 @@ from toy import FakeBackend, ToyFamily  # noqa: E402
 from embedc.families.base import register_family  # noqa: E402
 from embedc.targets.registry import register_backend  # noqa: E402
 
-from rel_helpers import ProbeBackend  # noqa: E402
+from rel_helpers import ProbeBackend, without_plots  # noqa: E402
 
 register_family(ToyFamily())
 register_backend(FakeBackend())
@@ -22,4 +22,5 @@ register_backend(ProbeBackend())
 from embedc.cli import cli  # noqa: E402
 
 if __name__ == "__main__":
-    cli.main(args=sys.argv[1:], prog_name="embedc")
+    with without_plots():  # as in the suite's own process (conftest._no_plots)
+        cli.main(args=sys.argv[1:], prog_name="embedc")
