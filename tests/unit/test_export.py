@@ -52,16 +52,33 @@ def test_existing_output_refused_and_kept(tiny_source, tmp_path):
     assert (out / "keep.txt").read_text() == "good earlier result"
 
 
-def test_failed_run_with_force_keeps_earlier_result(tiny_source, tmp_path):
+@pytest.fixture()
+def toy_source(tmp_path):
+    """A model of the fast tier's toy family (hand-written ONNX graph): the export runs and is
+    validated for real in ~1 s, where the tiny XLM-R's dynamo export takes 10-15 s."""
+    from toy import ToyFamily, make_toy_model
+
+    from embedc.families.base import _FAMILIES, register_family
+    from embedc.models import resolve_model
+
+    added = "toy" not in _FAMILIES
+    if added:
+        register_family(ToyFamily())
+    yield resolve_model(str(make_toy_model(tmp_path / "toy-model")))
+    if added:
+        _FAMILIES.pop("toy", None)
+
+
+def test_failed_run_with_force_keeps_earlier_result(toy_source, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "embedc.json").write_text('{"format": "embedc-artifact/1", "stage": "export"}')  # --force replaces only embedc's
     (out / "keep.txt").write_text("good earlier result")
     # An impossible gate makes validation fail after the export: nothing may replace the old folder.
     with pytest.raises(ExportValidationError, match="disagrees with PyTorch"):
-        export_reference(tiny_source, out, force=True, gate=ValidationGate(min_cosine=1.1))
+        export_reference(toy_source, out, force=True, gate=ValidationGate(min_cosine=1.1))
     assert sorted(p.name for p in out.iterdir()) == ["embedc.json", "keep.txt"]
-    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temp folder left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "toy-model"]  # no temp folder left behind
 
 
 def test_read_only_location(tiny_source, tmp_path):
