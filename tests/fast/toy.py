@@ -10,6 +10,7 @@ seeded noise to the projection for the ``noisy`` precision (so gates can
 fail for real), or raising a third-party error for ``broken``."""
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -58,6 +59,22 @@ def make_toy_model(folder: Path, *, seed: int = 0, pooling: str = "mean") -> Pat
     (folder / "1_Pooling").mkdir(exist_ok=True)
     (folder / "1_Pooling" / "config.json").write_text(json.dumps(Pooling(pooling).st_config(HIDDEN)))
     return folder
+
+
+@contextlib.contextmanager
+def toy_family_registered():
+    """The toy family registered while inside; removed after only if this call added it
+    (another fixture of the same worker may hold it longer)."""
+    from embedc.families.base import _FAMILIES, register_family
+
+    added = ToyFamily.name not in _FAMILIES
+    if added:
+        register_family(ToyFamily())
+    try:
+        yield
+    finally:
+        if added:
+            _FAMILIES.pop(ToyFamily.name, None)
 
 
 class ToyFamily(ModelFamily):

@@ -9,28 +9,22 @@ import shutil
 import pytest
 
 from rel_helpers import ProbeBackend, rel_spec, write_corpus
-from toy import FakeBackend, ToyFamily, make_toy_model
+from toy import FakeBackend, make_toy_model, toy_family_registered
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _register_fakes():
-    from embedc.families.base import _FAMILIES, register_family
     from embedc.targets.registry import _BACKENDS, register_backend, unregister_backend
 
     added = []
-    if "toy" not in _FAMILIES:
-        register_family(ToyFamily())
-        added.append("family")
     for b in (FakeBackend(), ProbeBackend()):
         if b.name not in _BACKENDS:
             register_backend(b)
             added.append(b.name)
-    yield
+    with toy_family_registered():
+        yield
     for name in added:
-        if name == "family":
-            _FAMILIES.pop("toy", None)
-        else:
-            unregister_backend(name)
+        unregister_backend(name)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -56,17 +56,12 @@ def test_existing_output_refused_and_kept(tiny_source, tmp_path):
 def toy_source(tmp_path):
     """A model of the fast tier's toy family (hand-written ONNX graph): the export runs and is
     validated for real in ~1 s, where the tiny XLM-R's dynamo export takes 10-15 s."""
-    from toy import ToyFamily, make_toy_model
+    from toy import make_toy_model, toy_family_registered
 
-    from embedc.families.base import _FAMILIES, register_family
     from embedc.models import resolve_model
 
-    added = "toy" not in _FAMILIES
-    if added:
-        register_family(ToyFamily())
-    yield resolve_model(str(make_toy_model(tmp_path / "toy-model")))
-    if added:
-        _FAMILIES.pop("toy", None)
+    with toy_family_registered():
+        yield resolve_model(str(make_toy_model(tmp_path / "toy-model")))
 
 
 def test_failed_run_with_force_keeps_earlier_result(toy_source, tmp_path):
