@@ -42,6 +42,7 @@ language) and 53% at or over e5's 512 (19-90% per language).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ..errors import UsageError
@@ -95,6 +96,8 @@ _EMPHASIS = re.compile(r"(?<![\w*])\*(?=[^\s*])(.+?)(?<=[^\s*])\*(?![\w*])")
 _CODE = re.compile(r"`+([^`]*)`+")
 _ESCAPE = re.compile(r"\\([\\`*_{}\[\]()#+\-.!|>])")
 _SPACES = re.compile(r"\s+")
+# Every substitution in strip_inline needs one of these characters to match.
+_MARKUP_CHARS = re.compile(r"[<\[`*_\\]")
 _NOT_WORDS = re.compile(r"[\d!-/:-@\[-`{-~\u00a0-\u00bf\u2000-\u206f]")  # digits, punctuation
 _SPACE_CHARS = re.compile(r"\s")
 # A round count >= 1000 as an LLM restates a request: 30,000 / 30 000 / 3000.
@@ -118,6 +121,8 @@ def is_terminated(text: str) -> bool:
 
 def strip_inline(text: str) -> str:
     """Remove inline markdown/HTML and collapse whitespace."""
+    if not _MARKUP_CHARS.search(text):  # most prose lines: skip the eight substitutions
+        return _SPACES.sub(" ", text).strip()
     text = _HTML_TAG.sub(" ", text)
     text = _IMAGE.sub(r"\1", text)
     text = _LINK.sub(r"\1", text)
@@ -340,9 +345,14 @@ def segment_text(raw: str, *, drop_preamble: bool = True) -> Segments:
     """Queries (one sentence, QUERY_MIN..QUERY_MAX units) and passages (one
     paragraph capped at PASSAGE_MAX units at a sentence boundary, at least
     PASSAGE_MIN units) of one document, in document order, without repeats."""
+    return segment_paragraphs(paragraphs(raw, drop_preamble=drop_preamble))
+
+
+def segment_paragraphs(paras: Iterable[str]) -> Segments:
+    """segment_text on a document's paragraphs (see paragraphs())."""
     queries: dict[str, None] = {}
     passages: dict[str, None] = {}
-    for para in paragraphs(raw, drop_preamble=drop_preamble):
+    for para in paras:
         passage = cap_at_sentence(para, PASSAGE_MAX_UNITS)
         if passage and text_units(passage) >= PASSAGE_MIN_UNITS:
             passages.setdefault(passage)
@@ -366,13 +376,18 @@ def long_passages(raw: str, *, targets: tuple[int, ...] = LONG_TARGET_UNITS,
     the targets cycle), capped at LONG_MAX_UNITS at a sentence boundary. A
     tail shorter than its target is dropped. Lengths are in units, so the
     result does not depend on any tokenizer."""
+    return long_passages_of(paragraphs(raw, drop_preamble=drop_preamble), targets=targets)
+
+
+def long_passages_of(paras: Iterable[str], *, targets: tuple[int, ...] = LONG_TARGET_UNITS) -> tuple[str, ...]:
+    """long_passages on a document's paragraphs (see paragraphs())."""
     if not targets or min(targets) < 1:
         raise UsageError(f"long-passage targets {targets!r} are invalid",
                          "give one or more positive lengths in units")
     out: dict[str, None] = {}
     run: list[str] = []
     units = 0
-    for para in paragraphs(raw, drop_preamble=drop_preamble):
+    for para in paras:
         run.append(para)
         units += text_units(para) + 1  # the joining newline
         if units > targets[len(out) % len(targets)]:

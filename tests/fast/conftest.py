@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from toy import FakeBackend, ToyFamily, make_toy_model
+from toy import FakeBackend, ToyFamily, make_toy_model, without_plots
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -36,3 +36,12 @@ def _cache_env(cache_dir, monkeypatch):
     """The CLI finds the shared stage cache through EMBEDC_CACHE (stages/ under it)."""
     monkeypatch.setenv("EMBEDC_CACHE", str(cache_dir))
     os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_plots():
+    """report.html without its two matplotlib plots (1.2-3 s a build, half of a toy build's
+    time); the build that test_build_folder_manifest_and_reports checks draws them
+    (``plots_drawn(True)``). Module-scoped, so a worker's later modules draw them again."""
+    with without_plots():
+        yield

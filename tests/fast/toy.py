@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from embedc.errors import TargetError
+from embedc.reports.html import _plots as _DRAW_PLOTS
 from embedc.families.base import ModelAdapter, ModelFamily, Pooling
 from embedc.targets.base import Backend, Capabilities, CompileResult, Target
 
@@ -75,6 +76,25 @@ def toy_family_registered():
     finally:
         if added:
             _FAMILIES.pop(ToyFamily.name, None)
+
+
+@contextlib.contextmanager
+def plots_drawn(drawn: bool):
+    """Builds inside write report.html with (``True``) or without its two matplotlib plots:
+    1.2-3 s a build, most of a toy build's time. Suites that check files, exit codes and the
+    cache turn them off; the tests that check the plots turn them back on."""
+    from embedc.reports import html
+
+    before = html._plots
+    html._plots = _DRAW_PLOTS if drawn else (lambda manifest: [])
+    try:
+        yield
+    finally:
+        html._plots = before
+
+
+def without_plots():
+    return plots_drawn(False)
 
 
 class ToyFamily(ModelFamily):

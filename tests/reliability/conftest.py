@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from rel_helpers import ProbeBackend, rel_spec, write_corpus
-from toy import FakeBackend, make_toy_model, toy_family_registered
+from toy import FakeBackend, make_toy_model, toy_family_registered, without_plots
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -32,8 +32,6 @@ def _no_plots():
     """report.html without its two matplotlib plots (1.2-3 s a build, ~60 builds here): this
     suite checks files, processes and the cache; the plots are tested in tests/fast and
     tests/unit/test_pipeline.py. Module-scoped, so a worker's later modules draw them again."""
-    from rel_helpers import without_plots
-
     with without_plots():
         yield
 

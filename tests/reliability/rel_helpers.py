@@ -4,7 +4,6 @@ backend whose int8 recipe captures activations like ORT's int8-static (the
 for "byte-identical afterwards" checks."""
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -33,19 +32,6 @@ TEXTS = {
             "Les panneaux solaires transforment la lumière en électricité"],
 }
 LENIENT = "mean>=0.5,p01>=0,min>=0.1,lang_mean>=0.3,top10_overlap>=0,top1_agreement>=0"
-
-
-@contextlib.contextmanager
-def without_plots():
-    """Builds inside write report.html without its plots (see conftest._no_plots)."""
-    from embedc.reports import html
-
-    real = html._plots
-    html._plots = lambda manifest: []
-    try:
-        yield
-    finally:
-        html._plots = real
 
 
 def write_corpus(path: Path) -> Path:

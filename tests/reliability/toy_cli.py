@@ -8,12 +8,12 @@ import sys
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from toy import FakeBackend, ToyFamily  # noqa: E402
+from toy import FakeBackend, ToyFamily, without_plots  # noqa: E402
 
 from embedc.families.base import register_family  # noqa: E402
 from embedc.targets.registry import register_backend  # noqa: E402
 
-from rel_helpers import ProbeBackend, without_plots  # noqa: E402
+from rel_helpers import ProbeBackend  # noqa: E402
 
 register_family(ToyFamily())
 register_backend(FakeBackend())
