@@ -25,8 +25,26 @@ def _isolated_cache(tmp_path_factory):
         os.environ["EMBEDC_CACHE"] = str(cache)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _process_warmed():
+    """What almost every module's builds load once per process (torch, the ONNX runtimes, a
+    tokenizer class, the default corpus with its 45k samples) loaded before the first module's
+    freeze below, so that it is frozen out of the collector too: otherwise every
+    ``release_memory`` in that module's builds traverses it again (0.1 s a pass, about five
+    passes a build)."""
+    import onnx  # noqa: F401
+    import onnxruntime  # noqa: F401
+    import torch  # noqa: F401
+    from transformers import PreTrainedTokenizerFast  # noqa: F401
+
+    from embedc.calibration import load_default_corpus, load_default_long_passages
+
+    load_default_corpus()
+    load_default_long_passages()
+
+
 @pytest.fixture(scope="module", autouse=True)
-def _long_lived_objects_frozen():
+def _long_lived_objects_frozen(_process_warmed):
     """Each module's tests run with what was alive before them (imported libraries, session
     fixtures) frozen out of the cyclic garbage collector. Builds call ``release_memory`` (a full
     ``gc.collect``) two or three times per compile, and in a test process that had imported
