@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from embedc.errors import TargetError
-from embedc.reports.html import _plots as _DRAW_PLOTS
 from embedc.families.base import ModelAdapter, ModelFamily, Pooling
+from embedc.reports.html import _plots as _DRAW_PLOTS
 from embedc.targets.base import Backend, Capabilities, CompileResult, Target
 
 TOY_TYPE = "embedc-toy"
@@ -81,7 +81,7 @@ def toy_family_registered():
 @contextlib.contextmanager
 def plots_drawn(drawn: bool):
     """Builds inside write report.html with (``True``) or without its two matplotlib plots:
-    1.2-3 s a build, most of a toy build's time. Suites that check files, exit codes and the
+    1.2-3 s a build, about half of a toy build's time. Suites that check files, exit codes and the
     cache turn them off; the tests that check the plots turn them back on."""
     from embedc.reports import html
 
