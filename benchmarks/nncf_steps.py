@@ -122,7 +122,7 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
             (work / MARKER).write_text(json.dumps({"model": args.model, "runs": rows}, indent=1))
-    print(f"\n| variant | optimize s (median) | compile s (median) | build wall s | peak RSS GiB | IR sha256 | mean |")
+    print("\n| variant | optimize s (median) | compile s (median) | build wall s | peak RSS GiB | IR sha256 | mean |")
     print("|---|---|---|---|---|---|---|")
     for v in VARIANTS:
         mine = [r for r in rows if r["variant"] == v]

@@ -6,19 +6,17 @@ import os
 
 import pytest
 
-from toy import FakeBackend, ToyFamily, make_toy_model, without_plots
+from toy import FakeBackend, make_toy_model, toy_family_registered, without_plots
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _register_fakes():
-    from embedc.families.base import _FAMILIES, register_family
     from embedc.targets.registry import register_backend, unregister_backend
 
-    register_family(ToyFamily())
     register_backend(FakeBackend())
-    yield
+    with toy_family_registered():
+        yield
     unregister_backend("fake")
-    _FAMILIES.pop("toy", None)
 
 
 @pytest.fixture(scope="session")

@@ -18,13 +18,14 @@ import numpy as np
 
 from embedc.errors import TargetError
 from embedc.families.base import ModelAdapter, ModelFamily, Pooling
-from embedc.reports.html import _plots as _DRAW_PLOTS
+from embedc.reports import html as _html
 from embedc.targets.base import Backend, Capabilities, CompileResult, Target
 
 TOY_TYPE = "embedc-toy"
 HIDDEN = 16
 MAX_POSITIONS = 64
 SPECIALS = ("[PAD]", "[CLS]", "[SEP]", "[UNK]")
+_DRAW_PLOTS = _html._plots  # the real renderer, before any test swaps it out
 
 
 def make_toy_model(folder: Path, *, seed: int = 0, pooling: str = "mean") -> Path:
@@ -83,14 +84,12 @@ def plots_drawn(drawn: bool):
     """Builds inside write report.html with (``True``) or without its two matplotlib plots:
     1.2-3 s a build, about half of a toy build's time. Suites that check files, exit codes and the
     cache turn them off; the tests that check the plots turn them back on."""
-    from embedc.reports import html
-
-    before = html._plots
-    html._plots = _DRAW_PLOTS if drawn else (lambda manifest: [])
+    before = _html._plots
+    _html._plots = _DRAW_PLOTS if drawn else (lambda manifest: [])
     try:
         yield
     finally:
-        html._plots = before
+        _html._plots = before
 
 
 def without_plots():
