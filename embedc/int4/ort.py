@@ -55,7 +55,8 @@ def write_matmulnbits(model, matched: dict[str, dict], block: int, accuracy_leve
     return done
 
 
-def quantize_int4_codes(src: Path, dst: Path, *, layers: dict, info: dict, options: dict) -> dict:
+def quantize_int4_codes(src: Path, dst: Path, *, layers: dict, info: dict, options: dict,
+                        exact_ids=()) -> dict:
     """The ORT int4 artifact from precomputed codes (see the module docstring); returns the recipe part."""
     from ..onnxkit.files import load_model, save_model
     from ..onnxkit.graph import node_entries, strip_debug_metadata, table_gathers, weight_matmuls, word_embedding_gather
@@ -81,7 +82,7 @@ def quantize_int4_codes(src: Path, dst: Path, *, layers: dict, info: dict, optio
         if options["embedding_bits"] == 8:
             embedding = quantize_table_8bit(model, table.name, options["embedding_block_size"])
         else:
-            model, embedding = _table_4bit(model, table, gathers, options)
+            model, embedding = _table_4bit(model, table, gathers, options, exact_ids)
     strip_debug_metadata(model)
     save_model(model, dst)
     return {

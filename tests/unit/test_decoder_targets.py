@@ -132,6 +132,27 @@ def test_decoder_int8_dynamic_quantizes_activations_per_block(decoder, tmp_path_
     assert per_block.min() > per_tensor.min() and per_block.mean() > per_tensor.mean()
 
 
+def test_decoder_int4_keeps_the_appended_eos_row_exact(decoder, tmp_path_factory):
+    """ORT int4 keeps the table row of the token the tokenizer appends to every text (Qwen3-Embedding:
+    its EOS) in FP32. With last-token pooling that token is the one pooled, so its row's 4-bit
+    rounding moves every embedding the same way (SmolLM2-135M: benchmarks/int4_recipes.md).
+    pplx appends nothing: its table is all 4-bit."""
+    from embedc.models import load_tokenizer
+
+    tokenizer = load_tokenizer(decoder.context.reference_dir)
+    out, res = _compile(decoder, tmp_path_factory, ORT, "ort-cpu", "int4")
+    if decoder.context.adapter["attention"] == "bidirectional":
+        assert tokenizer("")["input_ids"] == [] and "exact_rows" not in res.recipe["embedding"]
+        return
+    last_tokens = {tuple(tokenizer(text)["input_ids"][-1:]) for text in ("a", "a longer text.", "日本語のテキスト")}
+    assert [list(t) for t in last_tokens] == [res.recipe["embedding"]["exact_rows"]["token_ids"]]
+    exact = _cos(decoder, ORT, out, res)
+    out_off, res_off = _compile(decoder, tmp_path_factory, ORT, "ort-cpu", "int4", exact_template_rows=False)
+    rounded = _cos(decoder, ORT, out_off, res_off)
+    # measured (mean / min): 0.99509 / 0.98744 with the exact row, 0.99192 / 0.98381 without
+    assert exact.mean() - rounded.mean() > 0.001
+
+
 @pytest.mark.parametrize("options, named", [({"per_channel": False}, "per_channel does not apply"),
                                             ({"exclude": ["self_attn", "mlp"]}, "leaves no MatMul")])
 def test_decoder_int8_dynamic_usage_errors_write_nothing(decoder, tmp_path, options, named):

@@ -205,6 +205,45 @@ def test_streamed_int4_writes_the_recipes_weights(bidir_context, tmp_path, embed
     assert cos.mean() >= 0.96 and cos.min() >= 0.90
 
 
+def test_streamed_int4_keeps_the_same_exact_table_rows(bidir_context, tmp_path, monkeypatch):
+    """Rows kept FP32 beside the 4-bit table (the tokens a tokenizer adds to every text; pplx adds
+    none, so two ids stand in for them) come out the same from the streamed path as from the
+    whole-model one: the same initializers, the same nodes."""
+    import embedc.targets.ort.backend as ort_backend
+
+    monkeypatch.setattr(ort_backend, "_exact_table_ids", lambda ctx, options: (3, 11))
+    ctx, _ = bidir_context
+    target = {t.name: t for t in ORT_TARGETS}["ort-cpu"]
+    normal = ORT.compile(target, "int4", ctx, tmp_path / "normal")
+    streamed = ORT.compile(target, "int4", _low_memory(ctx), tmp_path / "streamed")
+    assert normal.recipe["embedding"]["exact_rows"]["token_ids"] == [3, 11]
+    assert streamed.recipe["embedding"]["exact_rows"] == normal.recipe["embedding"]["exact_rows"]
+    models = [onnx.load(str(tmp_path / d / "model.onnx")) for d in ("normal", "streamed")]
+    inits = [{t.name: t.SerializeToString() for t in m.graph.initializer} for m in models]
+    assert inits[0] == inits[1] and any(name.endswith("_exact_rows") for name in inits[0])
+    assert [(n.op_type, list(n.input), list(n.output)) for n in models[0].graph.node if "_exact" in n.name] == \
+           [(n.op_type, list(n.input), list(n.output)) for n in models[1].graph.node if "_exact" in n.name]
+
+
+def test_streamed_exact_rows_are_read_from_the_tables_external_data(tmp_path):
+    """The kept rows come from the table's external-data file (memory-mapped at its offset),
+    not from a whole copy of the table: the same values as the table in memory."""
+    from onnx import helper, numpy_helper
+
+    from embedc.targets.ort.int4_streamed import _rows
+
+    rng = np.random.default_rng(0)
+    first, table = (rng.normal(size=s).astype(np.float32) for s in ((7, 5), (50, 12)))
+    graph = helper.make_graph([], "g", [], [], initializer=[numpy_helper.from_array(first, "first"),
+                                                            numpy_helper.from_array(table, "table")])
+    onnx.save(helper.make_model(graph), str(tmp_path / "m.onnx"), save_as_external_data=True,
+              all_tensors_to_one_file=True, location="m.data", size_threshold=0)
+    stored = {t.name: t for t in onnx.load(str(tmp_path / "m.onnx"), load_external_data=False).graph.initializer}
+    assert {e.key: e.value for e in stored["table"].external_data}["offset"] != "0"  # behind the first tensor
+    np.testing.assert_array_equal(_rows(stored["table"], tmp_path, (2, 0, 49)), table[[2, 0, 49]])
+    np.testing.assert_array_equal(_rows(numpy_helper.from_array(table, "t"), tmp_path, (3,)), table[[3]])
+
+
 def test_low_memory_refusals(bidir_context, tmp_path, monkeypatch):
     """What the path cannot do is one line, before any work: ORT precisions that load the
     whole model, calibrated int4, a family without the path, a bad spec value."""

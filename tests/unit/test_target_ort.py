@@ -172,6 +172,40 @@ def test_int4_has_matmulnbits_and_a_4bit_table(build):
     assert res.recipe["block_size_reason"].startswith("block 32")
 
 
+def _table_rows(out, res, reference_table_output: str, ids: np.ndarray) -> np.ndarray:
+    """The rows the artifact's (quantized) table gives the token ``ids`` (one sequence)."""
+    import onnxruntime as ort
+
+    model = _graph(out, res)
+    model.graph.output.append(onnx.helper.make_tensor_value_info(reference_table_output, onnx.TensorProto.FLOAT, None))
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    feeds = {"input_ids": ids[None].astype(np.int64), "attention_mask": np.ones((1, len(ids)), np.int64)}
+    return sess.run([reference_table_output], feeds)[0][0]
+
+
+def test_int4_keeps_the_rows_of_the_tokenizers_template_tokens_fp32(build, scaled_reference, tiny_tokenizer):
+    """The tokens the tokenizer adds to every text (XLM-R: <s> and </s>) keep their exact rows
+    beside the 4-bit table; every other token reads the 4-bit row. Turned off, they read 4-bit rows too."""
+    from onnx import numpy_helper
+
+    template = tiny_tokenizer("")["input_ids"]
+    assert template == [tiny_tokenizer.bos_token_id, tiny_tokenizer.eos_token_id]
+    reference = onnx.load(str(scaled_reference / "model.onnx"))
+    gather = word_embedding_gather(reference)
+    table = numpy_helper.to_array(initializer_map(reference)[gather.input[0]])
+    ids = np.array([*template, 5, 77, 1000, 31000])
+    out, res = build("ort-cpu-avx2", "int4")
+    assert res.recipe["embedding"]["exact_rows"]["token_ids"] == template
+    rows = _table_rows(out, res, gather.output[0], ids)
+    np.testing.assert_array_equal(rows[:2], table[template])
+    assert (np.abs(rows[2:] - table[ids[2:]]).max(axis=1) > 0).all()  # the other rows are 4-bit
+    out_off, res_off = build("ort-cpu-avx2", "int4", exact_template_rows=False)
+    assert "exact_rows" not in res_off.recipe["embedding"]
+    rows_off = _table_rows(out_off, res_off, gather.output[0], ids)
+    assert (np.abs(rows_off[:2] - table[template]).max(axis=1) > 0).all()
+    np.testing.assert_array_equal(rows_off[2:], rows[2:])
+
+
 def test_quantize_embedding_false_keeps_the_table_fp32(build):
     out, res = build("ort-cpu-avx2", "int8-dynamic", quantize_embedding=False)
     assert "GatherBlockQuantized" not in _ops(_graph(out, res)) and res.recipe["embedding"] is None

@@ -111,6 +111,7 @@ SCHEMA: dict[str, dict[str, opt.Option]] = {
              "block_size": opt.integer(DEFAULT_INT4_BLOCK, power_of_two=True), "is_symmetric": opt.flag(True),
              "accuracy_level": opt.choice(4, (0, 1, 2, 3, 4)), "quantize_embedding": opt.flag(True),
              "embedding_bits": opt.choice(4, (4, 8)), "embedding_block_size": opt.integer(64, power_of_two=True),
+             "exact_template_rows": opt.flag(True),
              "exclude": opt.patterns(), "gptq_samples": opt.integer(32, lo=1), "auto_exclude": _auto_exclude(0),
              "target_mean": opt.number(0.99, **_TARGET_COSINE), "target_min": opt.number(0.97, **_TARGET_COSINE),
              **int4_options()},
@@ -277,7 +278,7 @@ def _dispatch(precision: str, src: Path, dst: Path, settings: dict, options: dic
                                "build int4 for ORT (or OpenVINO targets), or build with --low-memory off")
         from .int4_streamed import quantize_int4_streamed
 
-        return quantize_int4_streamed(src, dst, options=options)
+        return quantize_int4_streamed(src, dst, options=options, exact_ids=_exact_table_ids(ctx, options))
     if precision == "fp32":
         return _compile_fp32(src, dst, options)
     if precision == "fp16":
@@ -296,9 +297,20 @@ def _dispatch(precision: str, src: Path, dst: Path, settings: dict, options: dic
         from ...int4.ort import quantize_int4_codes
 
         layers, info = weights_for(ctx, options)
-        return quantize_int4_codes(src, dst, layers=layers, info=info, options=options)
+        return quantize_int4_codes(src, dst, layers=layers, info=info, options=options,
+                                   exact_ids=_exact_table_ids(ctx, options))
     return ort_int4.quantize_int4(src, dst, feeds=_feeds(ctx), input_names=ctx.input_names, options=options,
-                                  work=work, threads=None)
+                                  work=work, threads=None, exact_ids=_exact_table_ids(ctx, options))
+
+
+def _exact_table_ids(ctx: CompileContext, options: dict) -> tuple[int, ...]:
+    """Token ids whose table rows stay FP32 beside a 4-bit table: the ones the tokenizer adds to
+    every text (its template: BOS/CLS, EOS/SEP), read from the reference export's tokenizer."""
+    if not (options["exact_template_rows"] and options["quantize_embedding"] and options["embedding_bits"] == 4):
+        return ()
+    from ...models.loading import load_tokenizer
+
+    return tuple(dict.fromkeys(int(i) for i in load_tokenizer(ctx.reference_dir, shared=True)("")["input_ids"]))
 
 
 # ---- fp32 / fp16

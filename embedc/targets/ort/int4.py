@@ -78,9 +78,9 @@ def int4_sqnr(model: onnx.ModelProto, names: Sequence[str], stats: Activations, 
 
 
 def quantize_int4(src: Path, dst: Path, *, feeds, input_names: Sequence[str], options: dict, work: Path,
-                  threads: int | None) -> dict:
-    """MatMulNBits 4-bit weights (+ the word-embedding table as GatherBlockQuantized);
-    MatMuls that the calibration-cosine search finds too sensitive stay 8-bit."""
+                  threads: int | None, exact_ids: Sequence[int] = ()) -> dict:
+    """MatMulNBits 4-bit weights (+ the word-embedding table as GatherBlockQuantized, the rows of
+    ``exact_ids`` kept FP32); MatMuls that the calibration-cosine search finds too sensitive stay 8-bit."""
     import_quantization()
     from onnxruntime.quantization import matmul_nbits_quantizer as mnq  # noqa: PLC0415
 
@@ -108,7 +108,7 @@ def quantize_int4(src: Path, dst: Path, *, feeds, input_names: Sequence[str], op
             if options["embedding_bits"] == 8:
                 recipe["embedding"] = quantize_table_8bit(m, table.name, options["embedding_block_size"])
             else:
-                m, recipe["embedding"] = _table_4bit(m, table, gathers, options)
+                m, recipe["embedding"] = _table_4bit(m, table, gathers, options, exact_ids)
         strip_debug_metadata(m)
         save_model(m, out)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import external_data_helper, helper
+from onnx import external_data_helper, helper, numpy_helper
 
 from ...errors import CompileError
 from ...onnxkit.files import save_model
@@ -29,7 +29,7 @@ from ...onnxkit.graph import (MS_DOMAIN, ensure_opset, initializer_map, node_ent
 from ...onnxkit.scopes import module_paths
 from ...onnxkit.session import import_quantization, quiet_ort_logs
 from .backend import BLOCK_SIZE_REASON, DEFAULT_INT4_BLOCK
-from .block_quant import _block_for, quantize_table_8bit
+from .block_quant import _block_for, exact_rows_record, keep_rows_exact, quantize_table_8bit
 from .int8 import excluded_by_option
 
 STREAMED_OPTIONS = {"algorithm": "default", "auto_exclude": 0}  # what the streamed path supports
@@ -42,7 +42,7 @@ def check_streamed_options(options: dict) -> None:
                                "the low-memory path avoids", f"use {key}={allowed!r}, or build with --low-memory off")
 
 
-def quantize_int4_streamed(src: Path, dst: Path, *, options: dict) -> dict:
+def quantize_int4_streamed(src: Path, dst: Path, *, options: dict, exact_ids=()) -> dict:
     check_streamed_options(options)
     import_quantization()
     from onnxruntime.quantization import matmul_nbits_quantizer as mnq  # noqa: PLC0415
@@ -67,7 +67,7 @@ def quantize_int4_streamed(src: Path, dst: Path, *, options: dict) -> dict:
     inits = initializer_map(model)
     wanted = set(names)
     new_nodes, new_inits, replaced = [], [], set()
-    embedding = None
+    embedding, exact_rows = None, None
     with quiet_ort_logs(), np.errstate(divide="ignore", invalid="ignore"):  # ORT divides by all-zero blocks, then masks
         for node in model.graph.node:
             if node.name in wanted:
@@ -79,6 +79,8 @@ def quantize_int4_streamed(src: Path, dst: Path, *, options: dict) -> dict:
                     embedding = {"node": node.name, "module": paths.get(node.name), "bits": 4,
                                  "op": "com.microsoft.GatherBlockQuantized", "block_size": table_block,
                                  "scheme": "symmetric int4" if sym else "asymmetric uint4 + zero points"}
+                    if exact_ids:
+                        exact_rows = _rows(inits[node.input[0]], src.parent, exact_ids)
                 else:
                     nodes, tensors, embedding = _table_8bit(node, inits[node.input[0]], src.parent,
                                                             options["embedding_block_size"])
@@ -102,6 +104,9 @@ def quantize_int4_streamed(src: Path, dst: Path, *, options: dict) -> dict:
     del model.graph.initializer[:]
     model.graph.initializer.extend(kept + new_inits)
     ensure_opset(model, MS_DOMAIN, 1)
+    if exact_rows is not None:
+        keep_rows_exact(model, table.output[0], table.input[1], list(exact_ids), exact_rows)
+        embedding["exact_rows"] = exact_rows_record(exact_ids, exact_rows)
     if embedding is not None and embedding["bits"] == 4:
         # as MatMulNBitsQuantizer.process does for a 4-bit Gather: INT4 tensors need opset 21 / IR 10
         for opset in model.opset_import:
@@ -136,6 +141,17 @@ def _loaded(tensor: onnx.TensorProto, base: Path) -> onnx.TensorProto:
         t.data_location = onnx.TensorProto.DEFAULT
         del t.external_data[:]
     return t
+
+
+def _rows(table: onnx.TensorProto, base: Path, ids) -> np.ndarray:
+    """Rows ``ids`` of a 2-D table, read through a memory map of its external data (the 4B
+    model's table is 1.6 GB; these are a few rows of it)."""
+    if not external_data_helper.uses_external_data(table):
+        return numpy_helper.to_array(table)[list(ids)]
+    info = {e.key: e.value for e in table.external_data}
+    mapped = np.memmap(base / info["location"], dtype=helper.tensor_dtype_to_np_dtype(table.data_type), mode="r",
+                       offset=int(info.get("offset", 0)), shape=tuple(table.dims))
+    return np.array(mapped[list(ids)])
 
 
 def _one_node(quantizer, node: onnx.NodeProto, weight: onnx.TensorProto, base: Path):
