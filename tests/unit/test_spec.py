@@ -22,6 +22,23 @@ def test_repo_spec_file_is_valid():
     assert {"ort-cpu-avx2", "openvino-cpu", "tensorrt-sm90"} <= targets
 
 
+@pytest.mark.parametrize("name", ["embedc.toml", "specs/all-minilm-l6-v2.toml", "specs/smollm2-135m-bidir.toml",
+                                  "specs/smollm2-135m-last.toml"])
+def test_repo_spec_files_pass_the_spec_time_checks(name):
+    """Every spec shipped in the repo passes what a build checks before any work (targets,
+    precisions, each recipe option's name and value, gate keys): a typo in a hand-written
+    recipe fails here, not minutes into a build."""
+    from pathlib import Path
+
+    from embedc.spec import validate
+
+    repo = Path(__file__).parents[2]
+    assert sorted(str(p.relative_to(repo)) for p in (repo / "specs").glob("*.toml")) == \
+        ["specs/all-minilm-l6-v2.toml", "specs/smollm2-135m-bidir.toml", "specs/smollm2-135m-last.toml"]
+    spec = validate(load_spec_file(repo / name))
+    assert spec.matrix
+
+
 def test_defaults_roundtrip():
     spec = spec_from_dict({})
     assert spec == BuildSpec()
