@@ -230,7 +230,7 @@ def test_streamed_exact_rows_are_read_from_the_tables_external_data(tmp_path):
     not from a whole copy of the table: the same values as the table in memory."""
     from onnx import helper, numpy_helper
 
-    from embedc.targets.ort.int4_streamed import _rows
+    from embedc.targets.ort.block_quant import table_rows
 
     rng = np.random.default_rng(0)
     first, table = (rng.normal(size=s).astype(np.float32) for s in ((7, 5), (50, 12)))
@@ -240,8 +240,8 @@ def test_streamed_exact_rows_are_read_from_the_tables_external_data(tmp_path):
               all_tensors_to_one_file=True, location="m.data", size_threshold=0)
     stored = {t.name: t for t in onnx.load(str(tmp_path / "m.onnx"), load_external_data=False).graph.initializer}
     assert {e.key: e.value for e in stored["table"].external_data}["offset"] != "0"  # behind the first tensor
-    np.testing.assert_array_equal(_rows(stored["table"], tmp_path, (2, 0, 49)), table[[2, 0, 49]])
-    np.testing.assert_array_equal(_rows(numpy_helper.from_array(table, "t"), tmp_path, (3,)), table[[3]])
+    np.testing.assert_array_equal(table_rows(stored["table"], (2, 0, 49), tmp_path), table[[2, 0, 49]])
+    np.testing.assert_array_equal(table_rows(numpy_helper.from_array(table, "t"), (3,)), table[[3]])
 
 
 def test_low_memory_refusals(bidir_context, tmp_path, monkeypatch):

@@ -272,13 +272,14 @@ def _dispatch(precision: str, src: Path, dst: Path, settings: dict, options: dic
               work: Path) -> dict:
     from . import int4 as ort_int4, int8 as ort_int8
 
+    exact_ids = _exact_table_ids(ctx, options) if precision == "int4" else ()
     if (ctx.reference_meta.get("low_memory") or {}).get("enabled"):
         if precision != "int4":
             raise CompileError(f"ORT {precision} loads the whole FP32 model, which the low-memory path avoids",
                                "build int4 for ORT (or OpenVINO targets), or build with --low-memory off")
         from .int4_streamed import quantize_int4_streamed
 
-        return quantize_int4_streamed(src, dst, options=options, exact_ids=_exact_table_ids(ctx, options))
+        return quantize_int4_streamed(src, dst, options=options, exact_ids=exact_ids)
     if precision == "fp32":
         return _compile_fp32(src, dst, options)
     if precision == "fp16":
@@ -298,9 +299,9 @@ def _dispatch(precision: str, src: Path, dst: Path, settings: dict, options: dic
 
         layers, info = weights_for(ctx, options)
         return quantize_int4_codes(src, dst, layers=layers, info=info, options=options,
-                                   exact_ids=_exact_table_ids(ctx, options))
+                                   exact_ids=exact_ids)
     return ort_int4.quantize_int4(src, dst, feeds=_feeds(ctx), input_names=ctx.input_names, options=options,
-                                  work=work, threads=None, exact_ids=_exact_table_ids(ctx, options))
+                                  work=work, threads=None, exact_ids=exact_ids)
 
 
 def _exact_table_ids(ctx: CompileContext, options: dict) -> tuple[int, ...]:

@@ -13,10 +13,11 @@ written here; the op is ORT's.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import external_data_helper, helper, numpy_helper
 
 from ...errors import CompileError
 from ...onnxkit.graph import (MS_DOMAIN, ensure_opset, initializer_map, remove_unused_initializer, weight_matmuls,
@@ -87,7 +88,7 @@ def _table_4bit(model: onnx.ModelProto, table: onnx.NodeProto, gathers: Sequence
 
     path = module_path(table)
     width = initializer_map(model)[table.input[0]].dims[1]
-    rows = numpy_helper.to_array(initializer_map(model)[table.input[0]])[list(exact_ids)] if exact_ids else None
+    rows = table_rows(initializer_map(model)[table.input[0]], exact_ids) if exact_ids else None
     output, indices = table.output[0], table.input[1]
     block = _block_for(width, options["embedding_block_size"])
     sym = options["is_symmetric"]
@@ -113,6 +114,17 @@ def exact_rows_record(ids: Sequence[int], rows: np.ndarray) -> dict:
     return {"token_ids": [int(i) for i in ids], "dtype": str(rows.dtype),
             "why": "the tokens the tokenizer adds to every text: each one's 4-bit rounding would move every "
                    "embedding the same way"}
+
+
+def table_rows(table: onnx.TensorProto, ids: Sequence[int], base: Path | None = None) -> np.ndarray:
+    """Rows ``ids`` of a 2-D table. External data (relative to ``base``) is read through a memory
+    map: the 4B model's table is 1.6 GB, and these are a few rows of it."""
+    if not external_data_helper.uses_external_data(table):
+        return numpy_helper.to_array(table)[list(ids)]
+    info = {e.key: e.value for e in table.external_data}
+    mapped = np.memmap(Path(base) / info["location"], dtype=helper.tensor_dtype_to_np_dtype(table.data_type),
+                       mode="r", offset=int(info.get("offset", 0)), shape=tuple(table.dims))
+    return np.array(mapped[list(ids)])
 
 
 def keep_rows_exact(model: onnx.ModelProto, output: str, indices: str, ids: Sequence[int], rows: np.ndarray) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import external_data_helper, helper, numpy_helper
+from onnx import external_data_helper, helper
 
 from ...errors import CompileError
 from ...onnxkit.files import save_model
@@ -29,7 +29,7 @@ from ...onnxkit.graph import (MS_DOMAIN, ensure_opset, initializer_map, node_ent
 from ...onnxkit.scopes import module_paths
 from ...onnxkit.session import import_quantization, quiet_ort_logs
 from .backend import BLOCK_SIZE_REASON, DEFAULT_INT4_BLOCK
-from .block_quant import _block_for, exact_rows_record, keep_rows_exact, quantize_table_8bit
+from .block_quant import _block_for, exact_rows_record, keep_rows_exact, quantize_table_8bit, table_rows
 from .int8 import excluded_by_option
 
 STREAMED_OPTIONS = {"algorithm": "default", "auto_exclude": 0}  # what the streamed path supports
@@ -80,7 +80,7 @@ def quantize_int4_streamed(src: Path, dst: Path, *, options: dict, exact_ids=())
                                  "op": "com.microsoft.GatherBlockQuantized", "block_size": table_block,
                                  "scheme": "symmetric int4" if sym else "asymmetric uint4 + zero points"}
                     if exact_ids:
-                        exact_rows = _rows(inits[node.input[0]], src.parent, exact_ids)
+                        exact_rows = table_rows(inits[node.input[0]], exact_ids, src.parent)
                 else:
                     nodes, tensors, embedding = _table_8bit(node, inits[node.input[0]], src.parent,
                                                             options["embedding_block_size"])
@@ -141,17 +141,6 @@ def _loaded(tensor: onnx.TensorProto, base: Path) -> onnx.TensorProto:
         t.data_location = onnx.TensorProto.DEFAULT
         del t.external_data[:]
     return t
-
-
-def _rows(table: onnx.TensorProto, base: Path, ids) -> np.ndarray:
-    """Rows ``ids`` of a 2-D table, read through a memory map of its external data (the 4B
-    model's table is 1.6 GB; these are a few rows of it)."""
-    if not external_data_helper.uses_external_data(table):
-        return numpy_helper.to_array(table)[list(ids)]
-    info = {e.key: e.value for e in table.external_data}
-    mapped = np.memmap(base / info["location"], dtype=helper.tensor_dtype_to_np_dtype(table.data_type), mode="r",
-                       offset=int(info.get("offset", 0)), shape=tuple(table.dims))
-    return np.array(mapped[list(ids)])
 
 
 def _one_node(quantizer, node: onnx.NodeProto, weight: onnx.TensorProto, base: Path):
