@@ -103,3 +103,13 @@ def floor_of(precision: str, floors: dict = FLOORS) -> tuple[float, float]:
 def meets_floor(cos: np.ndarray, precision: str, floors: dict = FLOORS) -> bool:
     mean, low = floor_of(precision, floors)
     return bool(cos.mean() >= mean and cos.min() >= low)
+
+
+def q4_1_weight(rng, k: int = 96, n: int = 24) -> np.ndarray:
+    """[K, N] weight on GGUF Q4_1's grid along K (blocks of 32): fp16 scale and minimum per block, codes 0..15 (each
+    block holds a 0 and a 15, as llama.cpp's quantizer writes them)."""
+    codes = rng.integers(0, 16, (n, k // 32, 32))
+    codes[..., 0], codes[..., 1] = 0, 15
+    d = rng.uniform(0.002, 0.05, (n, k // 32, 1)).astype(np.float16).astype(np.float32)
+    m = rng.uniform(-0.4, 0.0, (n, k // 32, 1)).astype(np.float16).astype(np.float32)
+    return (codes * d + m).reshape(n, k).T.astype(np.float32)

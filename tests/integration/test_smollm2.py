@@ -60,6 +60,19 @@ def test_converted_weights_are_the_gguf_values(last):
     assert (last.source.path / "model.safetensors").resolve().is_file()
 
 
+def test_every_linear_lies_on_the_q4_1_grid_that_float_zero_points_store_exactly(last):
+    """The premise of the SmolLM2 specs' int4 (zero_points=float): each Linear weight is on its
+    blocks' [min, max] 4-bit grid (the GGUF is Q4_1), so the recipe stores it without loss."""
+    from embedc.int4.grid import ON_GRID, minmax_codes
+
+    linears = [m for m in last.model.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 210
+    for lin in linears:
+        assert minmax_codes(lin.weight.detach().numpy().T, 32)[3] <= ON_GRID
+    table = last.model.embed_tokens.weight.detach().numpy()[:4096]
+    assert minmax_codes(table.T, 32)[3] > 1e-3  # the table is Q8_0: not on a 4-bit grid
+
+
 def test_modes_pooling_tokenizer_and_notes(last, bidir):
     assert (last.adapter.attention, last.adapter.pooling.mode, last.adapter.padding_side) == ("causal", "last", "left")
     assert (bidir.adapter.attention, bidir.adapter.pooling.mode) == ("bidirectional", "mean")

@@ -181,19 +181,24 @@ def _low_memory(ctx, **options):
                                reference_meta={**ctx.reference_meta, "low_memory": {"enabled": True}})
 
 
-@pytest.mark.parametrize("embedding_bits", [4, 8])
-def test_streamed_int4_writes_the_recipes_weights(bidir_context, tmp_path, embedding_bits):
+@pytest.mark.parametrize("options", [{"embedding_bits": 4}, {"embedding_bits": 8},
+                                     {"is_symmetric": False, "zero_points": "float", "embedding_scales": "fp16",
+                                      "embedding_block_size": 32}])  # the SmolLM2 specs' int4
+def test_streamed_int4_writes_the_recipes_weights(bidir_context, tmp_path, options):
     """The streamed recipe's MatMulNBits / GatherBlockQuantized tensors are byte for byte
-    those of ORT's whole-model quantizer (a changed block size, scheme or bit width would
-    differ), and the artifact meets the decoder int4 floor against the FP32 reference."""
+    those of the whole-model recipe (ORT's quantizer, or embedc's float-zero-point writer; a
+    changed block size, scheme or bit width would differ), and the artifact meets the decoder
+    int4 floor against the FP32 reference."""
     from embedc.onnxkit.session import cpu_session, embed_feeds
 
     ctx, batches = bidir_context
     target = {t.name: t for t in ORT_TARGETS}["ort-cpu"]
-    ORT.compile(target, "int4", dataclasses.replace(ctx, options={"embedding_bits": embedding_bits}),
-                tmp_path / "normal")
-    streamed = ORT.compile(target, "int4", _low_memory(ctx, embedding_bits=embedding_bits), tmp_path / "streamed")
-    assert streamed.recipe["low_memory"]["enabled"] and streamed.recipe["embedding"]["bits"] == embedding_bits
+    normal = ORT.compile(target, "int4", dataclasses.replace(ctx, options=options), tmp_path / "normal")
+    streamed = ORT.compile(target, "int4", _low_memory(ctx, **options), tmp_path / "streamed")
+    assert streamed.recipe["low_memory"]["enabled"]
+    assert streamed.recipe["embedding"]["bits"] == options.get("embedding_bits", 4)
+    assert streamed.recipe["settings"]["zero_points"] == normal.recipe["settings"]["zero_points"]
+    assert streamed.recipe["grid"] == normal.recipe["grid"]
     models = [onnx.load(str(tmp_path / d / "model.onnx")) for d in ("normal", "streamed")]
     inits = [{t.name: t.SerializeToString() for t in m.graph.initializer} for m in models]
     assert inits[0] == inits[1]

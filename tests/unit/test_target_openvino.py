@@ -90,6 +90,65 @@ def test_int4_has_4bit_weights_and_all_layers_shrinks_table(build, eval_batches)
     assert meets_floor(cosines(embed(_load(out_all, res_all), batches), ref), "int4")
 
 
+def test_int4_float_zero_points_write_every_linear_as_u4_with_fp32_zero_points(build, eval_batches):
+    """zero_points=float: every Linear is a u4 constant behind f32 zero-point / scale constants (the
+    grid record says none was on a 4-bit grid before), the table and the rest are NNCF's 8-bit,
+    and the IR meets the int4 floor."""
+    out, res = build("openvino-cpu", "int4", zero_points="float")
+    assert res.recipe["zero_points"] == "float" and res.recipe["grid"]["weights"] == 12
+    assert res.recipe["grid"]["already_on_the_grid"] == 0 and res.recipe["linears_4bit"] == 12
+    model = _read(out, res.model_file)
+    matmuls = [op for op in model.get_ops() if op.get_type_name() == "MatMul" and _weight_source(op) == "u4"]
+    assert len(matmuls) == 12
+    for mm in matmuls:
+        scale = mm.input_value(1).get_node().input_value(0).get_node()  # Reshape <- Multiply(Subtract, scale)
+        assert scale.get_type_name() == "Multiply"
+        subtract, scale_const = (scale.input_value(i).get_node() for i in (0, 1))
+        assert subtract.get_type_name() == "Subtract"
+        assert scale_const.get_output_element_type(0).get_type_name() == "f32"
+        assert subtract.input_value(1).get_node().get_output_element_type(0).get_type_name() == "f32"
+    assert res.recipe["ir"]["embedding_table"]["dtype"] in ("u8", "i8")
+    batches, ref = eval_batches
+    assert meets_floor(cosines(embed(_load(out, res), batches), ref), "int4")
+
+
+@pytest.mark.parametrize("options, named", [({"zero_points": "float", "scale_estimation": False}, "scale_estimation"),
+                                            ({"zero_points": "float", "ratio": 1.0}, "ratio"),
+                                            ({"zero_points": "float", "mode": "int4_sym"}, "mode=int4_sym")])
+def test_float_zero_points_refuse_nncf_only_options(options, named):
+    with pytest.raises(TargetError, match=named) as info:
+        BACKEND.resolve_options(TARGET["openvino-cpu"], "int4", options)
+    assert info.value.exit_code == 2 and "drop" in info.value.hint and "\n" not in str(info.value)
+    resolved = BACKEND.resolve_options(TARGET["openvino-cpu"], "int4", {"zero_points": "float"})
+    assert BACKEND.resolve_options(TARGET["openvino-cpu"], "int4", resolved) == resolved  # compile resolves again
+
+
+def test_float_zero_points_give_a_q4_1_weight_back_exactly_on_the_cpu_plugin():
+    """A weight on GGUF Q4_1's grid, rewritten by the OpenVINO writer, runs on the CPU plugin as a
+    compressed u4 FullyConnected and gives x @ W back to fp32 rounding."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    from embedc.targets.openvino.float_zero import compress_float_zero
+    from helpers import q4_1_weight
+
+    rng = np.random.default_rng(0)
+    w = q4_1_weight(rng, 256, 64)  # [K, N]
+    x = ops.parameter([-1, 256], np.float32, name="x")
+    mm = ops.matmul(x, ops.constant(w.T.copy()), False, True)  # the converted-ONNX layout of a Linear
+    mm.set_friendly_name("linear")
+    model = ov.Model([mm], [x])
+    names, grid = compress_float_zero(model, 32)
+    assert names == ["linear"] and grid["already_on_the_grid"] == 1
+    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    feed = rng.standard_normal((8, 256)).astype(np.float32)
+    got = compiled(feed)[0]
+    np.testing.assert_allclose(got, feed @ w, rtol=0, atol=1e-5 * np.abs(feed @ w).max())
+    fused = [op for op in compiled.get_runtime_model().get_ops()
+             if op.get_rt_info()["layerType"].astype(str) == "FullyConnected"]
+    assert [op.get_rt_info()["runtimePrecision"].astype(str) for op in fused] == ["u4"]
+
+
 def _weight_source(matmul) -> str:
     """The element type of the constant a MatMul's weight comes from (through its decompression
     ops). In a saved int8-static IR the quantized weights are i8 (symmetric, their FakeQuantize

@@ -172,6 +172,89 @@ def test_int4_has_matmulnbits_and_a_4bit_table(build):
     assert res.recipe["block_size_reason"].startswith("block 32")
 
 
+def _matmulnbits_weights(model) -> dict[str, np.ndarray]:
+    """MatMul name -> the [K, N] weight each 4-bit MatMulNBits dequantizes to (ORT's formula:
+    (code - zero point) * scale; zero point 8 when absent, packed uint4 or float when given)."""
+    inits, out = initializer_map(model), {}
+    for n in (n for n in model.graph.node if n.op_type == "MatMulNBits"):
+        a = {x.name: x.i for x in n.attribute}
+        k, cols, bs = a["K"], a["N"], a["block_size"]
+        packed = onnx.numpy_helper.to_array(inits[n.input[1]])
+        codes = np.stack([packed & 15, packed >> 4], -1).reshape(cols, -1, bs).astype(np.float32)
+        scale = onnx.numpy_helper.to_array(inits[n.input[2]]).reshape(cols, -1)
+        zero = np.full(scale.shape, 8.0, np.float32)
+        if len(n.input) > 3:
+            z = onnx.numpy_helper.to_array(inits[n.input[3]])
+            zero = (z.reshape(cols, -1) if z.dtype == np.float32 else
+                    np.stack([z & 15, z >> 4], -1).reshape(cols, -1)[:, :codes.shape[1]].astype(np.float32))
+        out[n.name.removesuffix("_Q4")] = ((codes - zero[..., None]) * scale[..., None]).reshape(cols, -1)[:, :k].T
+    return out
+
+
+def test_int4_float_zero_points_round_each_block_on_its_own_range(build, scaled_eval, scaled_reference):
+    """zero_points=float: every Linear MatMul is a 4-bit MatMulNBits with fp32 scales and fp32 zero
+    points (min/max per block). Each weight comes out closer to the FP32 weight than with ORT's
+    uint4 zero points (whose range must include 0 on the integer grid); the artifact meets the int4
+    floor, and the recipe says no weight was on a 4-bit grid before. (End to end, the tiny model's
+    cosine does not rank the two: 12 layers of ~8% weight noise, either way within 0.003.)"""
+    out, res = build("ort-cpu-avx2", "int4", is_symmetric=False, zero_points="float")
+    model = _graph(out, res)
+    inits = initializer_map(model)
+    nbits = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
+    assert len(nbits) == 12
+    for n in nbits:
+        assert len(n.input) == 4 and inits[n.input[3]].data_type == onnx.TensorProto.FLOAT
+        assert inits[n.input[3]].dims == inits[n.input[2]].dims
+    assert res.recipe["settings"]["zero_points"] == "float" and "Q4_1" in res.recipe["settings"]["scheme"]
+    assert res.recipe["grid"]["weights"] == 12 and res.recipe["grid"]["already_on_the_grid"] == 0
+    assert meets_floor(_cos(out, res, scaled_eval), "int4") and res.recipe["size_ratio"] < MAX_RATIO["int4"]
+    out_u, res_u = build("ort-cpu-avx2", "int4", is_symmetric=False)
+    assert res_u.recipe["settings"]["zero_points"] == "uint4" and res_u.recipe["grid"] is None
+    reference = onnx.load(str(scaled_reference / "model.onnx"))
+    ref_inits = initializer_map(reference)
+    weights = {n.name: onnx.numpy_helper.to_array(ref_inits[n.input[1]]) for n in weight_matmuls(reference)}
+    ours, theirs = _matmulnbits_weights(model), _matmulnbits_weights(_graph(out_u, res_u))
+    assert set(ours) == set(theirs) == set(weights)
+    for name, w in weights.items():
+        assert np.linalg.norm(ours[name] - w) < np.linalg.norm(theirs[name] - w), name
+
+
+def test_int4_table_with_fp16_scales_gives_the_same_rows_in_fewer_bytes(build, scaled_eval, scaled_reference):
+    """embedding_scales=fp16: the 4-bit table's scales are stored in fp16 and its rows cast back
+    to fp32 right after the gather; the codes are the same, the rows equal to fp16 rounding, the
+    file smaller by half the scales' bytes, and the artifact still meets the int4 floor."""
+    out, res = build("ort-cpu-avx2", "int4", embedding_scales="fp16")
+    out32, res32 = build("ort-cpu-avx2", "int4")
+    model, model32 = _graph(out, res), _graph(out32, res32)
+    gather, gather32 = _table_node(model), _table_node(model32)
+    inits, inits32 = initializer_map(model), initializer_map(model32)
+    assert inits[gather.input[2]].data_type == onnx.TensorProto.FLOAT16
+    assert inits32[gather32.input[2]].data_type == onnx.TensorProto.FLOAT
+    assert inits[gather.input[0]].raw_data == inits32[gather32.input[0]].raw_data  # same codes
+    (cast,) = [n for n in model.graph.node if n.input == [gather.output[0]]]
+    assert cast.op_type == "Cast" and {a.name: a.i for a in cast.attribute}["to"] == onnx.TensorProto.FLOAT
+    assert res.recipe["embedding"]["scales"].startswith("fp16") and res32.recipe["embedding"]["scales"] == "fp32"
+    table_output = word_embedding_gather(onnx.load(str(scaled_reference / "model.onnx"))).output[0]
+    ids = np.arange(0, 2000, 7)
+    rows, rows32 = (_table_rows(o, r, table_output, ids) for o, r in ((out, res), (out32, res32)))
+    np.testing.assert_allclose(rows, rows32, rtol=2e-3, atol=1e-6)
+    scale_bytes = inits32[gather32.input[2]].ByteSize()
+    assert res32.recipe["bytes"] - res.recipe["bytes"] == pytest.approx(scale_bytes / 2, rel=0.01)
+    assert meets_floor(_cos(out, res, scaled_eval), "int4")
+
+
+@pytest.mark.parametrize("scale", [1e-7, 1e5])  # below fp16's normal range / above its largest value
+def test_fp16_table_scales_that_fp16_cannot_hold_are_refused_before_any_change(scale):
+    from embedc.targets.ort.block_quant import fp16_scales
+
+    gather = onnx.helper.make_node("GatherBlockQuantized", ["data", "ids", "scales"], ["rows"], name="table")
+    scales = onnx.numpy_helper.from_array(np.array([[0.02, scale]], np.float32), "scales")
+    with pytest.raises(CompileError, match="do not fit fp16") as err:
+        fp16_scales(gather, scales)
+    assert "embedding_scales=fp32" in err.value.hint
+    assert list(gather.output) == ["rows"] and scales.data_type == onnx.TensorProto.FLOAT
+
+
 def _table_rows(out, res, reference_table_output: str, ids: np.ndarray) -> np.ndarray:
     """The rows the artifact's (quantized) table gives the token ``ids`` (one sequence)."""
     import onnxruntime as ort
@@ -286,6 +369,9 @@ def test_vnni_and_arm64_targets_change_the_int8_recipe(build):
     ("int8-static", {"calibrate_method": "kl-divergence"}, "calibrate_method"),
     ("int4", {"algorithm": "awq"}, "algorithm"),
     ("int4", {"block_size": 48}, "block_size"),
+    ("int4", {"zero_points": "float"}, "zero_points"),  # needs is_symmetric=false
+    ("int4", {"embedding_scales": "fp16", "embedding_bits": 8}, "embedding_scales"),
+    ("int4", {"zero_points": "float", "is_symmetric": False, "algorithm": "hqq"}, "zero_points"),
     ("int8-dynamic", {"calibrate_method": "MinMax"}, "calibrate_method"),
     ("int8-dynamic", {"per_chanel": False}, "per_chanel"),
     ("int8-dynamic", {"activations": "per-token"}, "activations"),

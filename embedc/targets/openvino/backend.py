@@ -34,6 +34,7 @@ from . import shapes
 from .convert import converted_reference, is_large, untransposed_weights
 from .nncf_steps import quantize_in_steps
 from ...int4 import is_torch_algorithm, options_schema as int4_options
+from ...int4.grid import SCHEME as FLOAT_ZERO_SCHEME
 
 PRECISIONS = ("fp32", "fp16", "int8-static", "int8-weights", "int4")
 INSTALL_HINT = "pip install 'embedc[openvino]'"
@@ -129,7 +130,9 @@ def _schema(target: Target, precision: str) -> dict[str, opt.Option]:
                  "all_layers": opt.flag(INT4_DEFAULTS["all_layers"]),
                  "backup_mode": opt.choice(INT4_DEFAULTS["backup_mode"], ("int8_asym", "int8_sym", "none")),
                  "scale_estimation": opt.flag(INT4_DEFAULTS["scale_estimation"]),
-                 "awq": opt.flag(INT4_DEFAULTS["awq"])},
+                 "awq": opt.flag(INT4_DEFAULTS["awq"]),
+                 # float: embedc's min/max groups with fp32 zero points (float_zero.py) instead of NNCF
+                 "zero_points": opt.choice("uint4", ("uint4", "float"))},
     }
     return {**common, **per[precision]}
 
@@ -302,6 +305,8 @@ def _int4(ov, nncf, held, ctx, opts, device):
             raise CompileError(f"group_size={opts['group_size']} with algorithm={opts['algorithm']}",
                                "use a power-of-two group size >= 16 (e.g. 32)")
         return (*int4_model(ov, ctx, opts, Path(ctx.work_dir) / "openvino-int4"), False)
+    if opts["zero_points"] == "float":
+        return _int4_float_zero(nncf, model, ctx, opts)
     from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
 
     mode = _enum(nncf.CompressWeightsMode, opts["mode"])
@@ -339,6 +344,36 @@ def _int4(ov, nncf, held, ctx, opts, device):
               # NNCF's default with a dataset: rank layers for the 8-bit backup by activation variance
               "sensitivity_metric": "max_activation_variance" if ratio < 1.0 else None,
               "calibration_rows": kwargs.get("subset_size", 0)}
+    return compressed, recipe, False
+
+
+# NNCF's int4 options that mean nothing when embedc writes the 4-bit groups itself
+NNCF_ONLY = ("ratio", "all_layers", "backup_mode", "scale_estimation", "awq")
+
+
+def _check_float_zero(resolved: Mapping, where: str) -> None:
+    # compile resolves the resolved options again, so a changed value, not a given key, is the mistake
+    wrong = [k for k in NNCF_ONLY if resolved[k] != INT4_DEFAULTS[k]]
+    if resolved["algorithm"] != "nncf" or resolved["mode"] != "int4_asym" or wrong:
+        named = ", ".join(wrong) or f"algorithm={resolved['algorithm']} mode={resolved['mode']}"
+        raise TargetError(f"option zero_points=float writes every Linear's 4-bit groups itself, so {named} "
+                          f"does not apply ({where})", "drop those options, or drop zero_points")
+
+
+def _int4_float_zero(nncf, model, ctx, opts):
+    """Every Linear 4-bit with fp32 zero points (float_zero.py); the rest through NNCF INT8_ASYM."""
+    from .float_zero import compress_float_zero
+
+    ignored, ignored_rec = _ignored_scope(nncf, model, ctx, opts["exclude"])
+    written, grid = compress_float_zero(model, opts["group_size"], ignored.names if ignored is not None else ())
+    # the new MatMuls are out of NNCF's reach by name: it compresses the table and the excluded Linears
+    compressed = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM,
+                                       ignored_scope=nncf.IgnoredScope(names=written, validate=False))
+    recipe = {"call": "embedc.targets.openvino.float_zero.compress_float_zero, then nncf.compress_weights("
+                      "mode=INT8_ASYM) on the rest", "mode": "int4_asym", "zero_points": "float",
+              "scheme": FLOAT_ZERO_SCHEME, "group_size": opts["group_size"], "grid": grid,
+              "linears_4bit": len(written), "ignored_scope": ignored_rec,
+              "rest": "int8_asym per channel (the word-embedding table, excluded Linears)"}
     return compressed, recipe, False
 
 
@@ -413,7 +448,10 @@ class OpenVINOBackend(Backend):
 
     def resolve_options(self, target: Target, precision: str, options: Mapping) -> dict:
         check_precision(target, precision)
-        return opt.resolve(_schema(target, precision), options, f"{precision} on {target.name}")
+        resolved = opt.resolve(_schema(target, precision), options, f"{precision} on {target.name}")
+        if precision == "int4" and resolved["zero_points"] == "float":
+            _check_float_zero(resolved, f"{precision} on {target.name}")
+        return resolved
 
     def cache_facts(self, target: Target, precision: str, options: Mapping) -> dict:
         """The build CPU's kernel family (parity runs the IR on its CPU plugin) and,

@@ -109,8 +109,10 @@ SCHEMA: dict[str, dict[str, opt.Option]] = {
                     "smooth_alpha": opt.number("auto", lo=0.0, hi=1.0, words=("auto",))},
     "int4": {"algorithm": opt.choice("default", ("default", "rtn", "gptq", "hqq", "autoround", "gptq-inc")),
              "block_size": opt.integer(DEFAULT_INT4_BLOCK, power_of_two=True), "is_symmetric": opt.flag(True),
+             "zero_points": opt.choice("uint4", ("uint4", "float")),  # with is_symmetric=false
              "accuracy_level": opt.choice(4, (0, 1, 2, 3, 4)), "quantize_embedding": opt.flag(True),
              "embedding_bits": opt.choice(4, (4, 8)), "embedding_block_size": opt.integer(64, power_of_two=True),
+             "embedding_scales": opt.choice("fp32", ("fp32", "fp16")),  # the 4-bit table's
              "exact_template_rows": opt.flag(True),
              "exclude": opt.patterns(), "gptq_samples": opt.integer(32, lo=1), "auto_exclude": _auto_exclude(0),
              "target_mean": opt.number(0.99, **_TARGET_COSINE), "target_min": opt.number(0.97, **_TARGET_COSINE),
@@ -124,6 +126,15 @@ def resolve_options(precision: str, given: Mapping, target: str = "") -> dict:
     if precision == "int4" and is_torch_algorithm(resolved) and resolved["auto_exclude"]:
         raise TargetError(f"option auto_exclude does not apply to algorithm={resolved['algorithm']} "
                           f"({precision} on {target})", "drop auto_exclude, or name layers with exclude")
+    if precision == "int4" and resolved["zero_points"] == "float" and (
+            resolved["is_symmetric"] or resolved["algorithm"] != "default"):
+        raise TargetError(f"option zero_points=float needs is_symmetric=false and algorithm=default "
+                          f"({precision} on {target})", "pass is_symmetric=false and algorithm=default, "
+                                                        "or drop zero_points")
+    if precision == "int4" and resolved["embedding_scales"] == "fp16" and (
+            resolved["embedding_bits"] != 4 or not resolved["quantize_embedding"]):
+        raise TargetError(f"option embedding_scales=fp16 applies to the 4-bit table only ({precision} on {target})",
+                          "drop embedding_scales, or pass embedding_bits=4 and quantize_embedding=true")
     if precision == "int8-dynamic" and resolved["activations"] != "auto":  # auto: checked at compile
         check_dynamic_scheme(resolved, resolved["activations"], f"activations={resolved['activations']} "
                                                                 f"({precision} on {target})")

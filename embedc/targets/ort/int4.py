@@ -1,6 +1,7 @@
 """INT4 recipe of the ONNX Runtime backend: 4-bit ``MatMulNBits`` weights through
-ORT's ``MatMulNBitsQuantizer`` (+ the word-embedding table); MatMuls that the
-calibration-cosine search finds too sensitive stay 8-bit.
+ORT's ``MatMulNBitsQuantizer``, or with ``zero_points="float"`` through embedc's
+writer of fp32 zero points (:mod:`.float_zero`), + the word-embedding table;
+MatMuls that the calibration-cosine search finds too sensitive stay 8-bit.
 
 Imported lazily by :mod:`embedc.targets.ort.backend` (onnx / onnxruntime load here).
 """
@@ -14,6 +15,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from ...int4.grid import SCHEME as FLOAT_ZERO_SCHEME, minmax_codes
 from ...onnxkit.activations import Activations, capture
 from ...onnxkit.calibration import feed_reader
 from ...onnxkit.files import load_model, save_model
@@ -23,6 +25,7 @@ from ...onnxkit.scopes import module_paths
 from ...onnxkit.session import import_quantization, quiet_ort_logs
 from .backend import BLOCK_SIZE_REASON, DEFAULT_INT4_BLOCK
 from .block_quant import _table_4bit, quantize_table_8bit, weight_only_8bit
+from .float_zero import quantize_float_zero, zero_point_kind
 from .int8 import excluded_by_option
 from .search import auto_exclude
 from .sqnr import sqnr
@@ -50,7 +53,7 @@ def _int4_config(mnq, options: dict, feeds, input_names):
 
 
 def int4_sqnr(model: onnx.ModelProto, names: Sequence[str], stats: Activations, block: int,
-              symmetric: bool) -> dict[str, float]:
+              symmetric: bool, float_zero: bool = False) -> dict[str, float]:
     """Output SQNR (dB) of each MatMul with only its weights at 4 bits (block-wise
     round-to-nearest along K, emulated) on the sampled calibration activations."""
     inits = initializer_map(model)
@@ -62,7 +65,10 @@ def int4_sqnr(model: onnx.ModelProto, names: Sequence[str], stats: Activations, 
         k = w.shape[0]
         pad = (-k) % block
         blocks = np.pad(w, ((0, pad), (0, 0))).reshape(-1, block, w.shape[1])
-        if symmetric:
+        if float_zero:
+            codes, scale, zero, _ = minmax_codes(w, block)
+            wq = ((codes - zero[..., None]) * scale[..., None]).reshape(w.shape[1], -1).T
+        elif symmetric:
             scale = np.abs(blocks).max(1, keepdims=True) / 7.0
             scale[scale == 0] = 1.0
             wq = np.clip(np.round(blocks / scale), -8, 7) * scale
@@ -91,16 +97,20 @@ def quantize_int4(src: Path, dst: Path, *, feeds, input_names: Sequence[str], op
     forced = excluded_by_option(paths, names, options["exclude"])
     gathers = [n.name for n in table_gathers(model)]
     bs, sym, acc = options["block_size"], options["is_symmetric"], options["accuracy_level"]
+    float_zero = options["zero_points"] == "float"
     recipe: dict = {}
 
     def build(excluded: Sequence[str], out: Path) -> None:
         m = onnx.load(str(src))
-        cfg, recipe["algo_config"] = _int4_config(mnq, options, feeds, input_names)
-        with quiet_ort_logs():
-            quant = mnq.MatMulNBitsQuantizer(m, bits=4, block_size=bs, is_symmetric=sym, accuracy_level=acc,
-                                             nodes_to_exclude=list(excluded) + gathers, algo_config=cfg)
-            quant.process()
-        m = quant.model.model
+        if float_zero:
+            recipe["grid"] = quantize_float_zero(m, [n for n in names if n not in excluded], bs, acc)
+        else:
+            cfg, recipe["algo_config"] = _int4_config(mnq, options, feeds, input_names)
+            with quiet_ort_logs():
+                quant = mnq.MatMulNBitsQuantizer(m, bits=4, block_size=bs, is_symmetric=sym, accuracy_level=acc,
+                                                 nodes_to_exclude=list(excluded) + gathers, algo_config=cfg)
+                quant.process()
+            m = quant.model.model
         if excluded:
             m = weight_only_8bit(m, excluded, block_size=bs, accuracy_level=acc)
         table = word_embedding_gather(m)
@@ -117,19 +127,26 @@ def quantize_int4(src: Path, dst: Path, *, feeds, input_names: Sequence[str], op
         stats = capture(src, sorted({n.input[0] for n in weight_matmuls(model)}), feeds, threads=threads,
                         level="all", scratch=work)
         candidates = [n for n in names if n not in forced]
-        search = auto_exclude(build, lambda _: int4_sqnr(model, candidates, stats, bs, sym), candidates, forced,
-                              stats.embeddings, feeds, options, work, threads)
+        search = auto_exclude(build, lambda _: int4_sqnr(model, candidates, stats, bs, sym, float_zero), candidates,
+                              forced, stats.embeddings, feeds, options, work, threads)
         del stats
     excluded = forced + search["excluded"]
     build(excluded, dst)
     by_reason = {n: "option exclude" for n in forced}
     by_reason.update({n: f"auto: 4-bit output SQNR {search['sqnr'][n]:.1f} dB" for n in search["excluded"]})
+    settings = {"algorithm": options["algorithm"], "block_size": bs,
+                "is_symmetric": sym if options["algorithm"] != "hqq" else False,
+                "zero_points": zero_point_kind(options),
+                "accuracy_level": acc, "op": "com.microsoft.MatMulNBits"}
+    if float_zero:
+        settings["scheme"] = FLOAT_ZERO_SCHEME
     return {
-        "library_call": f"onnxruntime.quantization.matmul_nbits_quantizer.MatMulNBitsQuantizer(bits=4, "
-                        f"algo_config={recipe['algo_config']})",
-        "settings": {"algorithm": options["algorithm"], "block_size": bs,
-                     "is_symmetric": sym if options["algorithm"] != "hqq" else False,
-                     "accuracy_level": acc, "op": "com.microsoft.MatMulNBits"},
+        "library_call": ("embedc.targets.ort.float_zero.quantize_float_zero (min/max per block, fp32 zero points; "
+                         "ORT's quantizer writes only uint4 zero points)" if float_zero else
+                         f"onnxruntime.quantization.matmul_nbits_quantizer.MatMulNBitsQuantizer(bits=4, "
+                         f"algo_config={recipe['algo_config']})"),
+        "settings": settings,
+        "grid": recipe.get("grid"),
         "block_size_reason": BLOCK_SIZE_REASON if bs == DEFAULT_INT4_BLOCK else "set by the user",
         "quantized": node_entries(paths, [n for n in names if n not in excluded]),
         "excluded": [{"node": n, "module": paths[n], "reason": by_reason[n],

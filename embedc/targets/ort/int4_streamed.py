@@ -9,6 +9,8 @@ Linear weight (and the word-embedding table) is read alone from the
 external-data file, quantized by ORT's own per-node quantizer
 (``DefaultWeightOnlyQuantizer``, the C++ block quantizer) on a one-tensor
 graph, and dropped: the peak is the quantized model plus one FP32 weight.
+With ``zero_points="float"`` each weight goes through
+:func:`embedc.targets.ort.float_zero.matmulnbits` the same way.
 What the streamed path leaves out: the calibration-cosine search
 (``auto_exclude``) and the calibrated algorithms, which need the FP32
 model's activations in memory.
@@ -20,16 +22,19 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import external_data_helper, helper
+from onnx import external_data_helper, helper, numpy_helper
 
 from ...errors import CompileError
+from ...int4.grid import SCHEME as FLOAT_ZERO_SCHEME, grid_record
 from ...onnxkit.files import save_model
 from ...onnxkit.graph import (MS_DOMAIN, ensure_opset, initializer_map, node_entries, strip_debug_metadata,
                               weight_matmuls, word_embedding_gather)
 from ...onnxkit.scopes import module_paths
 from ...onnxkit.session import import_quantization, quiet_ort_logs
 from .backend import BLOCK_SIZE_REASON, DEFAULT_INT4_BLOCK
-from .block_quant import _block_for, exact_rows_record, keep_rows_exact, quantize_table_8bit, table_rows
+from .block_quant import (FP16_SCALES, _block_for, exact_rows_record, fp16_scales, keep_rows_exact,
+                          quantize_table_8bit, table_rows)
+from .float_zero import matmulnbits as float_zero_node, zero_point_kind
 from .int8 import excluded_by_option
 
 STREAMED_OPTIONS = {"algorithm": "default", "auto_exclude": 0}  # what the streamed path supports
@@ -53,6 +58,7 @@ def quantize_int4_streamed(src: Path, dst: Path, *, options: dict, exact_ids=())
     names = [n.name for n in weight_matmuls(model)]
     excluded = excluded_by_option(paths, names, options["exclude"])
     bs, sym, acc = options["block_size"], options["is_symmetric"], options["accuracy_level"]
+    float_zero, grid_errors = options["zero_points"] == "float", {}
     int4 = mnq.DefaultWeightOnlyQuantizer(mnq.DefaultWeightOnlyQuantConfig(
         block_size=bs, is_symmetric=sym, accuracy_level=acc, op_types_to_quantize=("MatMul",)))
     int8 = mnq.DefaultWeightOnlyQuantizer(mnq.DefaultWeightOnlyQuantConfig(
@@ -70,7 +76,12 @@ def quantize_int4_streamed(src: Path, dst: Path, *, options: dict, exact_ids=())
     embedding, exact_rows = None, None
     with quiet_ort_logs(), np.errstate(divide="ignore", invalid="ignore"):  # ORT divides by all-zero blocks, then masks
         for node in model.graph.node:
-            if node.name in wanted:
+            if node.name in wanted and float_zero and node.name not in excluded:
+                weight = numpy_helper.to_array(_loaded(inits[node.input[1]], src.parent))  # the proto stays lean
+                new, tensors, grid_errors[node.name] = float_zero_node(node, weight, bs, acc)
+                nodes = [new]
+                del weight
+            elif node.name in wanted:
                 quantizer = int8 if node.name in excluded else int4
                 nodes, tensors = _one_node(quantizer, node, inits[node.input[1]], src.parent)
             elif table is not None and node.name == table.name:
@@ -78,7 +89,12 @@ def quantize_int4_streamed(src: Path, dst: Path, *, options: dict, exact_ids=())
                     nodes, tensors = _one_node(gather4, node, inits[node.input[0]], src.parent)
                     embedding = {"node": node.name, "module": paths.get(node.name), "bits": 4,
                                  "op": "com.microsoft.GatherBlockQuantized", "block_size": table_block,
-                                 "scheme": "symmetric int4" if sym else "asymmetric uint4 + zero points"}
+                                 "scheme": "symmetric int4" if sym else "asymmetric uint4 + zero points",
+                                 "scales": "fp32"}
+                    if options["embedding_scales"] == "fp16":
+                        (gather,) = nodes
+                        nodes.append(fp16_scales(gather, next(t for t in tensors if t.name == gather.input[2])))
+                        embedding["scales"] = FP16_SCALES
                     if exact_ids:
                         exact_rows = table_rows(inits[node.input[0]], exact_ids, src.parent)
                 else:
@@ -118,8 +134,11 @@ def quantize_int4_streamed(src: Path, dst: Path, *, options: dict, exact_ids=())
     return {
         "library_call": "onnxruntime.quantization.matmul_nbits_quantizer.DefaultWeightOnlyQuantizer(...)"
                         ".quantize(node) on each weight alone (low-memory path)",
-        "settings": {"algorithm": "default", "block_size": bs, "is_symmetric": sym, "accuracy_level": acc,
-                     "op": "com.microsoft.MatMulNBits"},
+        "settings": {"algorithm": "default", "block_size": bs, "is_symmetric": sym,
+                     "zero_points": zero_point_kind(options),
+                     "accuracy_level": acc, "op": "com.microsoft.MatMulNBits",
+                     **({"scheme": FLOAT_ZERO_SCHEME} if float_zero else {})},
+        "grid": grid_record(grid_errors) if float_zero else None,
         "block_size_reason": BLOCK_SIZE_REASON if bs == DEFAULT_INT4_BLOCK else "set by the user",
         "low_memory": {"enabled": True, "how": "graph read without external data; one FP32 weight in memory "
                                                "at a time", "not_available": ["auto_exclude", "calibrated algorithms"]},

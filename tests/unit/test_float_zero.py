@@ -1,0 +1,73 @@
+"""The min/max 4-bit grid with float zero points (embedc.int4.grid) and its ORT writer
+(embedc.targets.ort.float_zero, MatMulNBits with fp32 zero points): weights that lie
+on GGUF Q4_1's grid (a scale and a minimum per block of 32) come back exactly through ONNX
+Runtime, where ORT's own asymmetric quantizer (uint4 zero points) cannot place the minimum;
+off the grid it is round-to-nearest within half a step."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from embedc.onnxkit.session import cpu_session
+from embedc.int4.grid import ON_GRID, minmax_codes
+from embedc.targets.ort.float_zero import quantize_float_zero
+from helpers import q4_1_weight
+
+K, N, BLOCK = 96, 24, 32  # the grid's block: q4_1_weight's 32
+
+
+def matmul_model(w: np.ndarray) -> onnx.ModelProto:
+    node = helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", w.shape[0]])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", w.shape[1]])],
+                              [numpy_helper.from_array(w, "w")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def run(model: onnx.ModelProto, x: np.ndarray, tmp_path, name: str) -> np.ndarray:
+    onnx.save(model, str(tmp_path / name))
+    return cpu_session(tmp_path / name).run(None, {"x": x})[0]
+
+
+@pytest.mark.parametrize("accuracy_level", [0, 4])
+def test_weights_on_the_q4_1_grid_come_back_exactly_through_ort(tmp_path, accuracy_level):
+    rng = np.random.default_rng(0)
+    w = q4_1_weight(rng)
+    x = rng.standard_normal((5, K)).astype(np.float32)
+    model = matmul_model(w)
+    record = quantize_float_zero(model, ["mm"], BLOCK, accuracy_level)
+    assert record["weights"] == record["already_on_the_grid"] == 1 and record["max_relative_error"] <= ON_GRID
+    (node,) = model.graph.node
+    assert node.op_type == "MatMulNBits" and len(node.input) == 4
+    assert {i.name for i in model.graph.initializer} == {"w_Q4", "w_scales", "w_zero_points"}
+    got = run(model, x, tmp_path, "fz.onnx")
+    np.testing.assert_allclose(got, x @ w, rtol=0, atol=1e-5 * np.abs(x @ w).max())
+
+    # ORT's own asymmetric 4-bit quantizer writes integer zero points: the same weights come back rounded
+    from onnxruntime.quantization import matmul_nbits_quantizer as mnq
+
+    quant = mnq.MatMulNBitsQuantizer(matmul_model(w), bits=4, block_size=BLOCK, is_symmetric=False,
+                                     accuracy_level=accuracy_level)
+    quant.process()
+    theirs = run(quant.model.model, x, tmp_path, "uint4.onnx")
+    assert np.abs(theirs - x @ w).max() > 100 * np.abs(got - x @ w).max()
+
+
+def test_off_the_grid_it_is_round_to_nearest_on_each_blocks_range():
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((K + 8, N)).astype(np.float32)  # K not a multiple of the block: padded
+    codes, scale, zero, err = minmax_codes(w, BLOCK)
+    assert codes.shape == (N, 4, BLOCK) and scale.shape == zero.shape == (N, 4) and codes.max() == 15
+    deq = ((codes - zero[..., None]) * scale[..., None]).reshape(N, -1).T[:K + 8]
+    assert np.all(np.abs(deq - w) <= scale.T.repeat(BLOCK, 0)[:K + 8] / 2 + 1e-6)
+    g = w.T.reshape(N, -1)
+    assert np.allclose(deq.T.min(1), g.min(1)) and np.allclose(deq.T.max(1), g.max(1), atol=1e-6)
+    assert err > ON_GRID
+
+
+def test_a_constant_block_is_stored_exactly():
+    w = np.full((BLOCK, 2), 0.25, np.float32)
+    codes, scale, zero, err = minmax_codes(w, BLOCK)
+    assert err == 0 and np.all(codes == 0) and np.allclose(-zero * scale, 0.25)
