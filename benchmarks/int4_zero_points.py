@@ -53,27 +53,13 @@ def _weight_error(src: Path, path: Path) -> float:
     from onnx import numpy_helper
 
     from embedc.onnxkit.graph import initializer_map, weight_matmuls
+    from embedc.targets.ort.float_zero import dequantized_weights
 
     ref = onnx.load(str(src))
     ref_inits = initializer_map(ref)
     weights = {n.name: numpy_helper.to_array(ref_inits[n.input[1]]) for n in weight_matmuls(ref)}
-    model = onnx.load(str(path))
-    inits = initializer_map(model)
-    errors = []
-    for n in (n for n in model.graph.node if n.op_type == "MatMulNBits"):
-        a = {x.name: x.i for x in n.attribute}
-        k, cols, bs = a["K"], a["N"], a["block_size"]
-        packed = numpy_helper.to_array(inits[n.input[1]])
-        codes = np.stack([packed & 15, packed >> 4], -1).reshape(cols, -1, bs).astype(np.float32)
-        scale = numpy_helper.to_array(inits[n.input[2]]).reshape(cols, -1)
-        zero = np.full(scale.shape, 8.0, np.float32)
-        if len(n.input) > 3:
-            z = numpy_helper.to_array(inits[n.input[3]])
-            zero = (z.reshape(cols, -1) if z.dtype == np.float32 else
-                    np.stack([z & 15, z >> 4], -1).reshape(cols, -1)[:, :codes.shape[1]].astype(np.float32))
-        w4 = ((codes - zero[..., None]) * scale[..., None]).reshape(cols, -1)[:, :k].T
-        w = weights[n.name.removesuffix("_Q4")]
-        errors.append(float(np.linalg.norm(w4 - w) / np.linalg.norm(w)))
+    written = dequantized_weights(onnx.load(str(path)))
+    errors = [float(np.linalg.norm(w4 - weights[name]) / np.linalg.norm(weights[name])) for name, w4 in written.items()]
     return statistics.median(errors) if errors else 0.0
 
 

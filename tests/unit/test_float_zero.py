@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from embedc.onnxkit.session import cpu_session
 from embedc.int4.grid import ON_GRID, minmax_codes
-from embedc.targets.ort.float_zero import quantize_float_zero
+from embedc.targets.ort.float_zero import dequantized_weights, quantize_float_zero
 from helpers import q4_1_weight
 
 K, N, BLOCK = 96, 24, 32  # the grid's block: q4_1_weight's 32
@@ -44,6 +44,7 @@ def test_weights_on_the_q4_1_grid_come_back_exactly_through_ort(tmp_path, accura
     assert {i.name for i in model.graph.initializer} == {"w_Q4", "w_scales", "w_zero_points"}
     got = run(model, x, tmp_path, "fz.onnx")
     np.testing.assert_allclose(got, x @ w, rtol=0, atol=1e-5 * np.abs(x @ w).max())
+    np.testing.assert_allclose(dequantized_weights(model)["mm"], w, rtol=0, atol=1e-6)  # the reader agrees
 
     # ORT's own asymmetric 4-bit quantizer writes integer zero points: the same weights come back rounded
     from onnxruntime.quantization import matmul_nbits_quantizer as mnq
@@ -53,6 +54,9 @@ def test_weights_on_the_q4_1_grid_come_back_exactly_through_ort(tmp_path, accura
     quant.process()
     theirs = run(quant.model.model, x, tmp_path, "uint4.onnx")
     assert np.abs(theirs - x @ w).max() > 100 * np.abs(got - x @ w).max()
+    if accuracy_level == 0:  # the reader gives what ORT computes with uint4 zero points too (level 4
+        w4 = dequantized_weights(quant.model.model)["mm"]  # also rounds x to int8 there)
+        np.testing.assert_allclose(x @ w4, theirs, rtol=0, atol=1e-5 * np.abs(theirs).max())
 
 
 def test_off_the_grid_it_is_round_to_nearest_on_each_blocks_range():

@@ -16,6 +16,7 @@ from embedc.errors import ArtifactError, CompileError, TargetError
 from embedc.onnxkit.graph import initializer_map, weight_matmuls, word_embedding_gather
 from embedc.onnxkit.scopes import module_path
 from embedc.targets.ort.backend import BACKEND, PRECISIONS, TARGETS
+from embedc.targets.ort.float_zero import dequantized_weights
 from helpers import compile_once, cosines, embed, floor_of, meets_floor
 
 TARGET = {t.name: t for t in TARGETS}
@@ -172,25 +173,6 @@ def test_int4_has_matmulnbits_and_a_4bit_table(build):
     assert res.recipe["block_size_reason"].startswith("block 32")
 
 
-def _matmulnbits_weights(model) -> dict[str, np.ndarray]:
-    """MatMul name -> the [K, N] weight each 4-bit MatMulNBits dequantizes to (ORT's formula:
-    (code - zero point) * scale; zero point 8 when absent, packed uint4 or float when given)."""
-    inits, out = initializer_map(model), {}
-    for n in (n for n in model.graph.node if n.op_type == "MatMulNBits"):
-        a = {x.name: x.i for x in n.attribute}
-        k, cols, bs = a["K"], a["N"], a["block_size"]
-        packed = onnx.numpy_helper.to_array(inits[n.input[1]])
-        codes = np.stack([packed & 15, packed >> 4], -1).reshape(cols, -1, bs).astype(np.float32)
-        scale = onnx.numpy_helper.to_array(inits[n.input[2]]).reshape(cols, -1)
-        zero = np.full(scale.shape, 8.0, np.float32)
-        if len(n.input) > 3:
-            z = onnx.numpy_helper.to_array(inits[n.input[3]])
-            zero = (z.reshape(cols, -1) if z.dtype == np.float32 else
-                    np.stack([z & 15, z >> 4], -1).reshape(cols, -1)[:, :codes.shape[1]].astype(np.float32))
-        out[n.name.removesuffix("_Q4")] = ((codes - zero[..., None]) * scale[..., None]).reshape(cols, -1)[:, :k].T
-    return out
-
-
 def test_int4_float_zero_points_round_each_block_on_its_own_range(build, scaled_eval, scaled_reference):
     """zero_points=float: every Linear MatMul is a 4-bit MatMulNBits with fp32 scales and fp32 zero
     points (min/max per block). Each weight comes out closer to the FP32 weight than with ORT's
@@ -213,7 +195,7 @@ def test_int4_float_zero_points_round_each_block_on_its_own_range(build, scaled_
     reference = onnx.load(str(scaled_reference / "model.onnx"))
     ref_inits = initializer_map(reference)
     weights = {n.name: onnx.numpy_helper.to_array(ref_inits[n.input[1]]) for n in weight_matmuls(reference)}
-    ours, theirs = _matmulnbits_weights(model), _matmulnbits_weights(_graph(out_u, res_u))
+    ours, theirs = dequantized_weights(model), dequantized_weights(_graph(out_u, res_u))
     assert set(ours) == set(theirs) == set(weights)
     for name, w in weights.items():
         assert np.linalg.norm(ours[name] - w) < np.linalg.norm(theirs[name] - w), name

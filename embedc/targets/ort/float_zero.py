@@ -59,3 +59,26 @@ def zero_point_kind(options: dict) -> str:
     if options["zero_points"] == "float" or options.get("algorithm") == "hqq":
         return "float"
     return "none (symmetric)" if options["is_symmetric"] else "uint4"
+
+
+def dequantized_weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """MatMul name -> the [K, N] weight each 4-bit ``MatMulNBits`` of ``model`` dequantizes to, by
+    ORT's formula ``(code - zero point) * scale`` (zero point 8 when absent, packed uint4 or float
+    when given): to compare a written artifact with the weights it came from."""
+    inits, out = initializer_map(model), {}
+    for n in (n for n in model.graph.node if n.op_type == "MatMulNBits"):
+        a = {x.name: x.i for x in n.attribute}
+        if a["bits"] != 4:
+            continue
+        k, cols, bs = a["K"], a["N"], a["block_size"]
+        packed = numpy_helper.to_array(inits[n.input[1]])
+        codes = np.stack([packed & 15, packed >> 4], -1).reshape(cols, -1, bs).astype(np.float32)
+        scale = numpy_helper.to_array(inits[n.input[2]]).astype(np.float32).reshape(cols, -1)
+        zero = np.full(scale.shape, 8.0, np.float32)
+        if len(n.input) > 3 and n.input[3]:
+            z = numpy_helper.to_array(inits[n.input[3]])
+            zero = (z.astype(np.float32).reshape(cols, -1) if z.dtype != np.uint8 else
+                    np.stack([z & 15, z >> 4], -1).reshape(cols, -1)[:, :codes.shape[1]].astype(np.float32))
+        out[n.name.removesuffix("_Q4")] = ((codes - zero[..., None]) * scale[..., None]).reshape(cols, -1)[:, :k].T
+    return out
+
