@@ -114,7 +114,8 @@ def test_int4_float_zero_points_write_every_linear_as_u4_with_fp32_zero_points(b
 
 @pytest.mark.parametrize("options, named", [({"zero_points": "float", "scale_estimation": False}, "scale_estimation"),
                                             ({"zero_points": "float", "ratio": 1.0}, "ratio"),
-                                            ({"zero_points": "float", "mode": "int4_sym"}, "mode=int4_sym")])
+                                            ({"zero_points": "float", "mode": "int4_sym"}, "mode=int4_sym"),
+                                            ({"zero_points": "float", "group_size": -1}, "group_size=-1")])
 def test_float_zero_points_refuse_nncf_only_options(options, named):
     with pytest.raises(TargetError, match=named) as info:
         BACKEND.resolve_options(TARGET["openvino-cpu"], "int4", options)

@@ -354,6 +354,8 @@ NNCF_ONLY = ("ratio", "all_layers", "backup_mode", "scale_estimation", "awq")
 def _check_float_zero(resolved: Mapping, where: str) -> None:
     # compile resolves the resolved options again, so a changed value, not a given key, is the mistake
     wrong = [k for k in NNCF_ONLY if resolved[k] != INT4_DEFAULTS[k]]
+    if resolved["group_size"] < 1:
+        wrong.append("group_size=-1 (per channel)")
     if resolved["algorithm"] != "nncf" or resolved["mode"] != "int4_asym" or wrong:
         named = ", ".join(wrong) or f"algorithm={resolved['algorithm']} mode={resolved['mode']}"
         raise TargetError(f"option zero_points=float writes every Linear's 4-bit groups itself, so {named} "
