@@ -40,8 +40,10 @@ class PPLXQwen3Model(Qwen3Model):
 PPLX_AUTO_MAP = {"AutoConfig": "configuration.PPLXQwen3Config", "AutoModel": "modeling.PPLXQwen3Model"}
 
 
-class Tiny:
-    """A tiny preset resolved, its tokenizer prepared and its body loaded."""
+class Loaded:
+    """A decoder preset resolved, its tokenizer prepared and its body loaded, with the
+    family's own torch path to hidden states and embeddings. The tokenizer's padding side
+    is passed per call, never changed on the (possibly shared) object."""
 
     def __init__(self, name: str):
         from embedc.families import adapter_for, resolve_family
@@ -53,12 +55,28 @@ class Tiny:
         self.adapter = adapter_for(self.source, self.tokenizer)
         self.model = self.family.load_torch(self.source, self.adapter)
 
+    def hidden(self, ids, mask):
+        import torch
+
+        with torch.inference_mode():
+            return self.family.hidden_states(self.model, torch.as_tensor(ids), torch.as_tensor(mask), self.adapter)
+
+    def embed(self, texts, side: str):
+        import torch
+
+        from embedc.exporter.wrapper import pool
+
+        batch = self.tokenizer(texts, padding=True, padding_side=side, return_tensors="pt")
+        hidden = self.hidden(batch["input_ids"], batch["attention_mask"])
+        with torch.inference_mode():
+            return torch.nn.functional.normalize(pool(hidden, batch["attention_mask"], self.adapter.pooling.mode), dim=-1)
+
 
 @functools.cache
-def tiny(name: str) -> Tiny:
+def tiny(name: str) -> Loaded:
     """Loaded once per test session (a Qwen3 tokenizer alone takes seconds to load);
     callers must not modify what they get."""
-    return Tiny(name)
+    return Loaded(name)
 
 
 def write_tiny_folder(dest: Path, preset_name: str) -> Path:

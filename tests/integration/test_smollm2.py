@@ -8,9 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from embedc.families import adapter_for, resolve_family
-from embedc.exporter.wrapper import pool
-from embedc.models import load_tokenizer, resolve_model
+from decoder_folders import Loaded
 
 pytestmark = pytest.mark.integration
 
@@ -19,29 +17,14 @@ TEXTS = ["The quick brown fox jumps over the lazy dog.", "Le renard brun saute p
          "El zorro marrón.", "Быстрая коричневая лиса прыгает через ленивую собаку.", "敏捷的棕色狐狸"]
 
 
-class Smol:
-    def __init__(self, name: str):
-        self.source = resolve_model(name)
-        self.family, _ = resolve_family(self.source)
-        self.tokenizer = self.family.prepare_tokenizer(load_tokenizer(self.source))
-        self.adapter = adapter_for(self.source, self.tokenizer)
-        self.model = self.family.load_torch(self.source, self.adapter)
-
-    @torch.inference_mode()
-    def embed(self, texts, side: str):
-        batch = self.tokenizer(texts, padding=True, padding_side=side, return_tensors="pt")
-        hidden = self.family.hidden_states(self.model, batch["input_ids"], batch["attention_mask"], self.adapter)
-        return torch.nn.functional.normalize(pool(hidden, batch["attention_mask"], self.adapter.pooling.mode), dim=-1)
-
-
 @pytest.fixture(scope="module")
 def last():
-    return Smol("smollm2-135m-last")
+    return Loaded("smollm2-135m-last")
 
 
 @pytest.fixture(scope="module")
 def bidir():
-    return Smol("smollm2-135m-bidir")
+    return Loaded("smollm2-135m-bidir")
 
 
 def test_converted_weights_are_the_gguf_values(last):

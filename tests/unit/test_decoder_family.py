@@ -17,33 +17,14 @@ TEXTS = ["Der schnelle braune Fuchs springt über den faulen Hund.", "猫が好�
          "a much longer English sentence that needs several more tokens than the others do", "ok"]
 
 
-class Loaded:
-    """A shared tiny preset (decoder_folders.tiny) with helpers; the tokenizer's
-    padding side is passed per call, never changed on the shared object."""
-
-    def __init__(self, name: str):
-        t = tiny(name)
-        self.source, self.family, self.tokenizer, self.adapter, self.model = (
-            t.source, t.family, t.tokenizer, t.adapter, t.model)
-
-    @torch.inference_mode()
-    def hidden(self, ids, mask):
-        return self.family.hidden_states(self.model, torch.as_tensor(ids), torch.as_tensor(mask), self.adapter)
-
-    def embed(self, texts, side: str):
-        batch = self.tokenizer(texts, padding=True, padding_side=side, return_tensors="pt")
-        hidden = self.hidden(batch["input_ids"], batch["attention_mask"])
-        return torch.nn.functional.normalize(pool(hidden, batch["attention_mask"], self.adapter.pooling.mode), dim=-1)
-
-
 @pytest.fixture(scope="module")
 def pplx():
-    return Loaded("random-tiny-pplx")
+    return tiny("random-tiny-pplx")
 
 
 @pytest.fixture(scope="module")
 def qwen3_emb():
-    return Loaded("random-tiny-qwen3-embedding")
+    return tiny("random-tiny-qwen3-embedding")
 
 
 def test_catalog_has_decoder_presets_and_smollm2():
