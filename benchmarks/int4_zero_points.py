@@ -7,9 +7,15 @@ DIR is an export folder (``embedc export -m MODEL -o DIR``, or a build's stage c
 Every Linear MatMul becomes a 4-bit MatMulNBits (block 32, accuracy_level 4) three ways: no
 zero points (symmetric, ORT's default), uint4 zero points (ORT's asymmetric quantizer), fp32
 zero points (embedc's ``zero_points="float"``); the word-embedding table stays FP32 in all four
-graphs, so only the Linears' kernels differ. Sessions run interleaved, one pass of each per
-round, and the medians are reported with their ratio to FP32. Also printed: each graph's size
-and the Linears' relative weight error against the export (what the zero points buy).
+graphs, so only the Linears' kernels differ. A fifth graph, ``float-blocksum``, computes the
+same function as ``float`` another way (a candidate rewrite, not what embedc writes): since
+``(code - zero) * scale = (code - 8) * scale + (8 - zero) * scale``, each Linear is the
+symmetric kernel (implicit zero point 8; accuracy_level 0, so its activations stay fp32 as the
+float kernel's do) plus ``(x @ S) @ C``, S [K, K/32] summing each block of x and C [K/32, N]
+holding ``(8 - zero) * scale``. Sessions run interleaved, one pass of each per round, and the
+medians are reported with their ratio to FP32. Also printed: each graph's size, the Linears'
+relative weight error against the export (what the zero points buy) and, for the rewrite, the
+largest difference of its embeddings from ``float``'s.
 """
 from __future__ import annotations
 
@@ -21,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-VARIANTS = ("fp32", "symmetric", "uint4", "float")
+VARIANTS = ("fp32", "symmetric", "uint4", "float", "float-blocksum")
 
 
 def _variant(name: str, src: Path, dst: Path) -> None:
@@ -35,6 +41,8 @@ def _variant(name: str, src: Path, dst: Path) -> None:
     names = [n.name for n in weight_matmuls(model)]
     if name == "float":
         quantize_float_zero(model, names, 32, 4)
+    elif name == "float-blocksum":
+        _blocksum(model, names, 32)
     elif name != "fp32":
         from onnxruntime.quantization import matmul_nbits_quantizer as mnq
 
@@ -45,6 +53,43 @@ def _variant(name: str, src: Path, dst: Path) -> None:
         quant.process()
         model = quant.model.model
     save_model(model, dst)
+
+
+def _blocksum(model, names, block: int) -> None:
+    """Each MatMul in ``names`` as symmetric MatMulNBits plus ``(x @ S) @ C``, in place (see above)."""
+    from onnx import helper, numpy_helper
+
+    from embedc.int4.grid import minmax_codes
+    from embedc.onnxkit.graph import MS_DOMAIN, ensure_opset, initializer_map, remove_unused_initializer
+
+    inits, sums = initializer_map(model), {}
+    for node in [n for n in model.graph.node if n.op_type == "MatMul" and n.name in set(names)]:
+        w = numpy_helper.to_array(inits[node.input[1]])
+        k, n = w.shape
+        if k % block:
+            raise SystemExit(f"{node.name}: K={k} is not a multiple of {block}")
+        codes, scale, zero, _ = minmax_codes(w, block)
+        base, x, y = node.input[1], node.input[0], node.output[0]
+        if k not in sums:  # one block-sum matrix per K, shared
+            s = np.zeros((k, k // block), np.float32)
+            s[np.arange(k), np.arange(k) // block] = 1
+            sums[k] = numpy_helper.from_array(s, f"block_sums_{k}")
+            model.graph.initializer.append(sums[k])
+        tensors = [numpy_helper.from_array((codes[..., 0::2] | (codes[..., 1::2] << 4)).astype(np.uint8), f"{base}_Q4"),
+                   numpy_helper.from_array(scale.reshape(-1), f"{base}_scales"),
+                   numpy_helper.from_array(((8 - zero) * scale).T.astype(np.float32), f"{base}_offsets")]
+        new = [helper.make_node("MatMulNBits", [x, tensors[0].name, tensors[1].name], [y + "_sym"], name=node.name + "_Q4",
+                                domain=MS_DOMAIN, K=int(k), N=int(n), bits=4, block_size=block, accuracy_level=0),
+               helper.make_node("MatMul", [x, sums[k].name], [y + "_bsum"], name=node.name + "_bsum"),
+               helper.make_node("MatMul", [y + "_bsum", tensors[2].name], [y + "_offset"], name=node.name + "_offset"),
+               helper.make_node("Add", [y + "_sym", y + "_offset"], [y], name=node.name + "_add")]
+        pos = list(model.graph.node).index(node)
+        model.graph.node.remove(node)
+        for i, m in enumerate(new):
+            model.graph.node.insert(pos + i, m)
+        model.graph.initializer.extend(tensors)
+        remove_unused_initializer(model, base)
+    ensure_opset(model, MS_DOMAIN, 1)
 
 
 def _weight_error(src: Path, path: Path) -> float:
@@ -97,13 +142,17 @@ def main() -> None:
                     sessions[v].run(None, f)
                     times[(v, label)].append(time.perf_counter() - t)
         med = {k: statistics.median(t) for k, t in times.items()}
+        same = np.abs(sessions["float-blocksum"].run(None, feeds["batch"])[0]
+                      - sessions["float"].run(None, feeds["batch"])[0]).max()
+        print(f"float-blocksum vs float: largest difference of the batch's outputs {same:.2e}")
         print(f"| Linears (block 32, accuracy_level 4) | MB | weight error (median) | batch {args.batch} x "
               f"{args.tokens}: texts/s | vs FP32 | batch 1: ms | vs FP32 |")
         print("|---|---|---|---|---|---|---|")
         for v in VARIANTS:
             size = sum(p.stat().st_size for p in paths[v].parent.iterdir()) / 1e6
-            err = _weight_error(src, paths[v]) if v != "fp32" else 0.0
-            print(f"| {v} | {size:.1f} | {err:.4f} | {args.batch / med[(v, 'batch')]:.1f} | "
+            err = f"{_weight_error(src, paths[v]):.4f}" if v not in ("fp32", "float-blocksum") else \
+                ("0.0000" if v == "fp32" else "as float")
+            print(f"| {v} | {size:.1f} | {err} | {args.batch / med[(v, 'batch')]:.1f} | "
                   f"{med[('fp32', 'batch')] / med[(v, 'batch')]:.2f}x | {1000 * med[(v, 'one')]:.1f} | "
                   f"{med[('fp32', 'one')] / med[(v, 'one')]:.2f}x |")
 
