@@ -56,11 +56,12 @@ def _variant(name: str, src: Path, dst: Path) -> None:
 
 
 def _blocksum(model, names, block: int) -> None:
-    """Each MatMul in ``names`` as symmetric MatMulNBits plus ``(x @ S) @ C``, in place (see above)."""
+    """Each MatMul in ``names`` as symmetric MatMulNBits plus ``(x @ S) @ C``, in place (see above):
+    embedc's fp32-zero-point node with its zero points taken out and turned into C."""
     from onnx import helper, numpy_helper
 
-    from embedc.int4.grid import minmax_codes
     from embedc.onnxkit.graph import MS_DOMAIN, ensure_opset, initializer_map, remove_unused_initializer
+    from embedc.targets.ort.float_zero import matmulnbits
 
     inits, sums = initializer_map(model), {}
     for node in [n for n in model.graph.node if n.op_type == "MatMul" and n.name in set(names)]:
@@ -68,27 +69,27 @@ def _blocksum(model, names, block: int) -> None:
         k, n = w.shape
         if k % block:
             raise SystemExit(f"{node.name}: K={k} is not a multiple of {block}")
-        codes, scale, zero, _ = minmax_codes(w, block)
-        base, x, y = node.input[1], node.input[0], node.output[0]
+        sym, (packed, scales, zeros), _ = matmulnbits(node, w, block, accuracy_level=0)
+        x, y = node.input[0], node.output[0]
+        del sym.input[3]  # no zero points: ORT's implicit 8
+        sym.output[0] = y + "_sym"
         if k not in sums:  # one block-sum matrix per K, shared
             s = np.zeros((k, k // block), np.float32)
             s[np.arange(k), np.arange(k) // block] = 1
             sums[k] = numpy_helper.from_array(s, f"block_sums_{k}")
             model.graph.initializer.append(sums[k])
-        tensors = [numpy_helper.from_array((codes[..., 0::2] | (codes[..., 1::2] << 4)).astype(np.uint8), f"{base}_Q4"),
-                   numpy_helper.from_array(scale.reshape(-1), f"{base}_scales"),
-                   numpy_helper.from_array(((8 - zero) * scale).T.astype(np.float32), f"{base}_offsets")]
-        new = [helper.make_node("MatMulNBits", [x, tensors[0].name, tensors[1].name], [y + "_sym"], name=node.name + "_Q4",
-                                domain=MS_DOMAIN, K=int(k), N=int(n), bits=4, block_size=block, accuracy_level=0),
+        scale, zero = (numpy_helper.to_array(t).reshape(n, -1) for t in (scales, zeros))
+        offsets = numpy_helper.from_array(((8 - zero) * scale).T.astype(np.float32), f"{node.input[1]}_offsets")
+        new = [sym,
                helper.make_node("MatMul", [x, sums[k].name], [y + "_bsum"], name=node.name + "_bsum"),
-               helper.make_node("MatMul", [y + "_bsum", tensors[2].name], [y + "_offset"], name=node.name + "_offset"),
+               helper.make_node("MatMul", [y + "_bsum", offsets.name], [y + "_offset"], name=node.name + "_offset"),
                helper.make_node("Add", [y + "_sym", y + "_offset"], [y], name=node.name + "_add")]
         pos = list(model.graph.node).index(node)
         model.graph.node.remove(node)
         for i, m in enumerate(new):
             model.graph.node.insert(pos + i, m)
-        model.graph.initializer.extend(tensors)
-        remove_unused_initializer(model, base)
+        model.graph.initializer.extend([packed, scales, offsets])
+        remove_unused_initializer(model, node.input[1])
     ensure_opset(model, MS_DOMAIN, 1)
 
 
