@@ -77,6 +77,28 @@ def number(default: float | None, *, lo: float | None = None, hi: float | None =
     return Option(default, parse, hint)
 
 
+def number_or_numbers(default: float, *, lo: float, hi: float) -> Option:
+    """One number, or a list of distinct candidates (a tuple; the recipe chooses among them).
+    A one-element list is that number."""
+    one = number(default, lo=lo, hi=hi)
+    hint = f"{one.hint}, or a list of distinct such numbers (e.g. [0.85, 1.0])"
+
+    def parse(v):
+        if not isinstance(v, (list, tuple)):
+            try:
+                return one(v)
+            except Invalid:
+                raise Invalid(f"use {hint}") from None
+        try:
+            values = tuple(one(x) for x in v)
+        except Invalid:
+            raise Invalid(f"use {hint}") from None
+        if not values or len(set(values)) != len(values):
+            raise Invalid(f"use {hint}")
+        return values[0] if len(values) == 1 else values
+    return Option(default, parse, hint)
+
+
 def choice(default, values: Sequence) -> Option:
     """One of ``values``; strings match case-insensitively and come out spelled as listed."""
     hint = f"choose one of: {', '.join(map(str, values))}"

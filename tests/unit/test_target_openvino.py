@@ -383,3 +383,45 @@ def test_openvino_and_nncf_write_nothing_into_the_home_folder_and_send_nothing(t
     env = {k: v for k, v in os.environ.items() if k not in ("CI", "NNCF_CI", "TF_BUILD", "JENKINS_URL")}
     subprocess.run([sys.executable, "-c", code], env={**env, "HOME": str(home)}, check=True, timeout=120)
     assert list(home.iterdir()) == []
+
+
+@pytest.mark.parametrize("value, resolved", [([0.85, 1.0], (0.85, 1.0)), ([0.9], 0.9), (0.5, 0.5), ((1.0, 0.7), (1.0, 0.7))])
+def test_smooth_quant_alpha_takes_one_number_or_distinct_candidates(value, resolved):
+    import json
+
+    got = BACKEND.resolve_options(TARGET["openvino-cpu"], "int8-static", {"smooth_quant_alpha": value})
+    assert got["smooth_quant_alpha"] == resolved
+    again = json.loads(json.dumps(got))  # the recipe and the cache key hold it as JSON: resolves to itself
+    assert BACKEND.resolve_options(TARGET["openvino-cpu"], "int8-static", again) == got
+
+
+@pytest.mark.parametrize("value", [[], [0.85, 0.85], [0.5, 1.5], "auto", [True]])
+def test_smooth_quant_alpha_refuses_an_empty_repeated_or_out_of_range_list(value):
+    with pytest.raises(TargetError, match="smooth_quant_alpha") as err:
+        BACKEND.resolve_options(TARGET["openvino-cpu"], "int8-static", {"smooth_quant_alpha": value})
+    assert "distinct" in err.value.hint
+
+
+def test_a_list_of_smooth_quant_alphas_keeps_the_candidate_best_on_the_calibration_texts(build, scaled_context):
+    """Each candidate is quantized and judged on the calibration texts; the artifact is the winner
+    (the same bytes as a build with that alpha alone), and its own calibration cosine is the
+    winner's recorded one, not the last candidate's."""
+    from embedc.onnxkit.metrics import cosine_stats
+    from embedc.targets.openvino.alpha_search import reference_embeddings
+    from embedc.targets.openvino.backend import _calibration_rows
+
+    candidates = [1.0, 0.3]
+    out, res = build("openvino-cpu", "int8-static", smooth_quant_alpha=candidates)
+    search = res.recipe["alpha_search"]
+    trials = {t["alpha"]: t for t in search["trials"]}
+    assert list(trials) == candidates and search["candidates"] == candidates
+    assert trials[1.0]["mean"] != trials[0.3]["mean"]   # the alphas really give different models
+    best = max(candidates, key=lambda a: (trials[a]["mean"], trials[a]["min"]))
+    assert search["chosen"] == best == res.recipe["smooth_quant_alpha_matmul"]
+    rows = _calibration_rows(scaled_context, ["input_ids", "attention_mask"])
+    runner = _load(out, res)
+    got = cosine_stats(reference_embeddings(scaled_context.reference_onnx, rows),
+                       np.concatenate([runner.embed(r) for r in rows]))
+    assert got["mean"] == pytest.approx(trials[best]["mean"], abs=2e-6)
+    alone, _ = build("openvino-cpu", "int8-static", smooth_quant_alpha=best)
+    assert (alone / WEIGHTS).read_bytes() == (out / WEIGHTS).read_bytes()

@@ -115,7 +115,8 @@ def _schema(target: Target, precision: str) -> dict[str, opt.Option]:
         common["buckets"] = _buckets_option()
     per = {
         "fp32": {}, "fp16": {},
-        "int8-static": {"smooth_quant_alpha": opt.number(DEFAULT_SQ_ALPHA, lo=-1.0, hi=1.0),
+        # a list of alphas: each quantized and judged on the calibration texts (alpha_search.py)
+        "int8-static": {"smooth_quant_alpha": opt.number_or_numbers(DEFAULT_SQ_ALPHA, lo=-1.0, hi=1.0),
                         "overflow_fix": opt.choice("auto", ("auto", "enable", "disable", "first_layer_only")),
                         "preset": opt.choice("mixed", ("mixed", "performance")), "exclude": opt.patterns(),
                         # what the excluded MatMuls become: 8-bit weights with FP32 activations (as ORT's
@@ -250,20 +251,43 @@ def _fp16(ov, nncf, held, ctx, opts, device):
 
 
 def _int8_static(ov, nncf, held, ctx, opts, device):
+    """``nncf.quantize`` with one SmoothQuant alpha, or the best of several on the calibration texts."""
+    alphas = opts["smooth_quant_alpha"]
+    rows = _calibration_rows(ctx, [p.get_any_name() for p in held[0].inputs])
+    if not isinstance(alphas, tuple):
+        return (*_nncf_quantize(ov, nncf, held, rows, ctx, opts, device, alphas), False)
+    from .alpha_search import candidate_embeddings, choose_alpha, reference_embeddings
+
+    reference = reference_embeddings(ctx.reference_onnx, rows)
+    fresh = iter(range(len(alphas)))
+
+    def quantize(alpha: float):
+        i = next(fresh)
+        if i > 0:  # a new copy of the reference: nncf.quantize changes the model it is given
+            held.append(converted_reference(ov, ctx.reference_onnx, low_memory=_low_memory(ctx),
+                                            mapped_in=Path(ctx.work_dir) / f"converted-{i}")[0])
+        return _nncf_quantize(ov, nncf, held, rows, ctx, opts, device, alpha, steps=f"nncf-steps-{i}")
+
+    def judge(model) -> np.ndarray:
+        return candidate_embeddings(ov, model, rows, OUTPUT, {"INFERENCE_PRECISION_HINT": PARITY_PRECISION})
+
+    chosen, recipe = choose_alpha(alphas, quantize, judge, reference, ov, Path(ctx.work_dir) / "alpha-search")
+    return chosen, recipe, False
+
+
+def _nncf_quantize(ov, nncf, held: list, rows, ctx, opts, device, alpha: float,
+                   steps: str = "nncf-steps") -> tuple[object, dict]:
+    """(the model ``held`` hands over, quantized by ``nncf.quantize`` with MatMul SmoothQuant
+    ``alpha``; its recipe). No other reference to the float model stays alive meanwhile."""
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
 
-    model = held[0]
-    names = [p.get_any_name() for p in model.inputs]
-    rows = _calibration_rows(ctx, names)
-    alpha = opts["smooth_quant_alpha"]
     fix_name, why = overflow_fix_choice(device, opts["overflow_fix"])
     fix = _enum(nncf.OverflowFix, fix_name)
     preset = _enum(nncf.QuantizationPreset, opts["preset"])
-    ignored, ignored_rec = _ignored_scope(nncf, model, ctx, opts["exclude"])
+    ignored, ignored_rec = _ignored_scope(nncf, held[0], ctx, opts["exclude"])
     target_device = nncf.TargetDevice[device.split(".")[0]]
     # a large model goes through a mapped IR between NNCF's steps (nncf_steps); the result is the same
-    scratch = Path(ctx.work_dir) / "nncf-steps" if _low_memory(ctx) or is_large(ctx.reference_onnx) else None
-    del model
+    scratch = Path(ctx.work_dir) / steps if _low_memory(ctx) or is_large(ctx.reference_onnx) else None
     quantized = quantize_in_steps(
         ov, nncf, held.pop(), nncf.Dataset(rows), scratch=scratch, model_type=nncf.ModelType.TRANSFORMER,
         preset=preset, target_device=target_device, subset_size=len(rows), ignored_scope=ignored,
@@ -279,7 +303,7 @@ def _int8_static(ov, nncf, held, ctx, opts, device):
         if opts["excluded_as"] == "int8-weight-only":
             quantized = _weights_only(nncf, quantized, set(ignored.names))
             recipe["excluded_call"] = "nncf.compress_weights(mode=INT8_ASYM) on the excluded MatMuls only"
-    return quantized, recipe, False
+    return quantized, recipe
 
 
 def _weights_only(nncf, model, names: set[str]):
