@@ -5,17 +5,18 @@
 
 DIR is an export folder (``embedc export -m MODEL -o DIR``, or a build's stage cache entry).
 Every Linear MatMul becomes a 4-bit MatMulNBits (block 32, accuracy_level 4) three ways: no
-zero points (symmetric, ORT's default), uint4 zero points (ORT's asymmetric quantizer), fp32
-zero points (embedc's ``zero_points="float"``); the word-embedding table stays FP32 in all four
-graphs, so only the Linears' kernels differ. A fifth graph, ``float-blocksum``, computes the
-same function as ``float`` another way (a candidate rewrite, not what embedc writes): since
-``(code - zero) * scale = (code - 8) * scale + (8 - zero) * scale``, each Linear is the
-symmetric kernel (implicit zero point 8; accuracy_level 0, so its activations stay fp32 as the
-float kernel's do) plus ``(x @ S) @ C``, S [K, K/32] summing each block of x and C [K/32, N]
-holding ``(8 - zero) * scale``. Sessions run interleaved, one pass of each per round, and the
-medians are reported with their ratio to FP32. Also printed: each graph's size, the Linears'
-relative weight error against the export (what the zero points buy) and, for the rewrite, the
-largest difference of its embeddings from ``float``'s.
+zero points (symmetric, ORT's default), uint4 zero points (ORT's asymmetric quantizer), one
+MatMulNBits with fp32 zero points (``float-zero-points``: what embedc's ``zero_points="float"``
+wrote before 2026-12-03, on ORT's slower kernel); the word-embedding table stays FP32 in every
+graph, so only the Linears differ. ``float`` is what embedc writes now, the same function in
+another form (:mod:`embedc.targets.ort.float_zero`): since ``(code - zero) * scale = (code - 8)
+* scale + (8 - zero) * scale``, each Linear is the symmetric kernel (implicit zero point 8;
+accuracy_level 1, so its activations stay fp32 as the zero-point kernel's do) plus ``(x @ S) @
+C``, S [K, K/32] summing each block of x and C [K/32, N] holding ``(8 - zero) * scale``.
+Sessions run interleaved, one pass of each per round, and the medians are reported with their
+ratio to FP32. Also printed: each graph's size, the Linears' relative weight error against the
+export (what the zero points buy) and the largest difference of ``float``'s embeddings from
+``float-zero-points``'.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-VARIANTS = ("fp32", "symmetric", "uint4", "float", "float-blocksum")
+VARIANTS = ("fp32", "symmetric", "uint4", "float-zero-points", "float")
 
 
 def _variant(name: str, src: Path, dst: Path) -> None:
@@ -40,9 +41,9 @@ def _variant(name: str, src: Path, dst: Path) -> None:
     model = onnx.load(str(src))
     names = [n.name for n in weight_matmuls(model)]
     if name == "float":
-        quantize_float_zero(model, names, 32, 4)
-    elif name == "float-blocksum":
-        _blocksum(model, names, 32)
+        quantize_float_zero(model, names, 32)
+    elif name == "float-zero-points":
+        _zero_points(model, names, 32)
     elif name != "fp32":
         from onnxruntime.quantization import matmul_nbits_quantizer as mnq
 
@@ -55,40 +56,20 @@ def _variant(name: str, src: Path, dst: Path) -> None:
     save_model(model, dst)
 
 
-def _blocksum(model, names, block: int) -> None:
-    """Each MatMul in ``names`` as symmetric MatMulNBits plus ``(x @ S) @ C``, in place (see above):
-    embedc's fp32-zero-point node with its zero points taken out and turned into C."""
-    from onnx import helper, numpy_helper
+def _zero_points(model, names, block: int) -> None:
+    """Each MatMul in ``names`` as one MatMulNBits with fp32 zero points, in place."""
+    from onnx import numpy_helper
 
     from embedc.onnxkit.graph import MS_DOMAIN, ensure_opset, initializer_map, remove_unused_initializer
-    from embedc.targets.ort.float_zero import matmulnbits
+    from embedc.targets.ort.float_zero import zero_point_node
 
-    inits, sums = initializer_map(model), {}
+    inits = initializer_map(model)
     for node in [n for n in model.graph.node if n.op_type == "MatMul" and n.name in set(names)]:
-        w = numpy_helper.to_array(inits[node.input[1]])
-        k, n = w.shape
-        if k % block:
-            raise SystemExit(f"{node.name}: K={k} is not a multiple of {block}")
-        sym, (packed, scales, zeros), _ = matmulnbits(node, w, block, accuracy_level=0)
-        x, y = node.input[0], node.output[0]
-        del sym.input[3]  # no zero points: ORT's implicit 8
-        sym.output[0] = y + "_sym"
-        if k not in sums:  # one block-sum matrix per K, shared
-            s = np.zeros((k, k // block), np.float32)
-            s[np.arange(k), np.arange(k) // block] = 1
-            sums[k] = numpy_helper.from_array(s, f"block_sums_{k}")
-            model.graph.initializer.append(sums[k])
-        scale, zero = (numpy_helper.to_array(t).reshape(n, -1) for t in (scales, zeros))
-        offsets = numpy_helper.from_array(((8 - zero) * scale).T.astype(np.float32), f"{node.input[1]}_offsets")
-        new = [sym,
-               helper.make_node("MatMul", [x, sums[k].name], [y + "_bsum"], name=node.name + "_bsum"),
-               helper.make_node("MatMul", [y + "_bsum", offsets.name], [y + "_offset"], name=node.name + "_offset"),
-               helper.make_node("Add", [y + "_sym", y + "_offset"], [y], name=node.name + "_add")]
+        new, tensors, _ = zero_point_node(node, numpy_helper.to_array(inits[node.input[1]]), block, 4)
         pos = list(model.graph.node).index(node)
         model.graph.node.remove(node)
-        for i, m in enumerate(new):
-            model.graph.node.insert(pos + i, m)
-        model.graph.initializer.extend([packed, scales, offsets])
+        model.graph.node.insert(pos, new)
+        model.graph.initializer.extend(tensors)
         remove_unused_initializer(model, node.input[1])
     ensure_opset(model, MS_DOMAIN, 1)
 
@@ -143,16 +124,15 @@ def main() -> None:
                     sessions[v].run(None, f)
                     times[(v, label)].append(time.perf_counter() - t)
         med = {k: statistics.median(t) for k, t in times.items()}
-        same = np.abs(sessions["float-blocksum"].run(None, feeds["batch"])[0]
-                      - sessions["float"].run(None, feeds["batch"])[0]).max()
-        print(f"float-blocksum vs float: largest difference of the batch's outputs {same:.2e}")
-        print(f"| Linears (block 32, accuracy_level 4) | MB | weight error (median) | batch {args.batch} x "
+        same = np.abs(sessions["float"].run(None, feeds["batch"])[0]
+                      - sessions["float-zero-points"].run(None, feeds["batch"])[0]).max()
+        print(f"float vs float-zero-points: largest difference of the batch's outputs {same:.2e}")
+        print(f"| Linears (block 32) | MB | weight error (median) | batch {args.batch} x "
               f"{args.tokens}: texts/s | vs FP32 | batch 1: ms | vs FP32 |")
         print("|---|---|---|---|---|---|---|")
         for v in VARIANTS:
             size = sum(p.stat().st_size for p in paths[v].parent.iterdir()) / 1e6
-            err = f"{_weight_error(src, paths[v]):.4f}" if v not in ("fp32", "float-blocksum") else \
-                ("0.0000" if v == "fp32" else "as float")
+            err = "0.0000" if v == "fp32" else f"{_weight_error(src, paths[v]):.4f}"
             print(f"| {v} | {size:.1f} | {err} | {args.batch / med[(v, 'batch')]:.1f} | "
                   f"{med[('fp32', 'batch')] / med[(v, 'batch')]:.2f}x | {1000 * med[(v, 'one')]:.1f} | "
                   f"{med[('fp32', 'one')] / med[(v, 'one')]:.2f}x |")

@@ -1,5 +1,6 @@
 """The min/max 4-bit grid with float zero points (embedc.int4.grid) and its ORT writer
-(embedc.targets.ort.float_zero, MatMulNBits with fp32 zero points): weights that lie
+(embedc.targets.ort.float_zero: the symmetric MatMulNBits kernel plus a per-block correction,
+the same function as MatMulNBits with fp32 zero points): weights that lie
 on GGUF Q4_1's grid (a scale and a minimum per block of 32) come back exactly through ONNX
 Runtime, where ORT's own asymmetric quantizer (uint4 zero points) cannot place the minimum;
 off the grid it is round-to-nearest within half a step."""
@@ -7,12 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from embedc.onnxkit.session import cpu_session
 from embedc.int4.grid import ON_GRID, minmax_codes
-from embedc.targets.ort.float_zero import dequantized_weights, quantize_float_zero
+from embedc.onnxkit.graph import MS_DOMAIN, ensure_opset
+from embedc.targets.ort.float_zero import dequantized_weights, quantize_float_zero, zero_point_node
 from helpers import q4_1_weight
 
 K, N, BLOCK = 96, 24, 32  # the grid's block: q4_1_weight's 32
@@ -31,32 +32,77 @@ def run(model: onnx.ModelProto, x: np.ndarray, tmp_path, name: str) -> np.ndarra
     return cpu_session(tmp_path / name).run(None, {"x": x})[0]
 
 
-@pytest.mark.parametrize("accuracy_level", [0, 4])
-def test_weights_on_the_q4_1_grid_come_back_exactly_through_ort(tmp_path, accuracy_level):
+def zero_point_model(w: np.ndarray) -> onnx.ModelProto:
+    """The same weights as one MatMulNBits with fp32 zero points (the slower kernel's form)."""
+    model = matmul_model(w)
+    (node,) = model.graph.node
+    new, tensors, _ = zero_point_node(node, w, BLOCK, accuracy_level=0)
+    del model.graph.node[:], model.graph.initializer[:]
+    model.graph.node.append(new)
+    model.graph.initializer.extend(tensors)
+    ensure_opset(model, MS_DOMAIN, 1)
+    return model
+
+
+def test_weights_on_the_q4_1_grid_come_back_exactly_through_ort(tmp_path):
     rng = np.random.default_rng(0)
     w = q4_1_weight(rng)
     x = rng.standard_normal((5, K)).astype(np.float32)
     model = matmul_model(w)
-    record = quantize_float_zero(model, ["mm"], BLOCK, accuracy_level)
+    record = quantize_float_zero(model, ["mm"], BLOCK)
     assert record["weights"] == record["already_on_the_grid"] == 1 and record["max_relative_error"] <= ON_GRID
-    (node,) = model.graph.node
-    assert node.op_type == "MatMulNBits" and len(node.input) == 4
-    assert {i.name for i in model.graph.initializer} == {"w_Q4", "w_scales", "w_zero_points"}
+    # the symmetric kernel (no zero-point input) plus the block-sum correction, fp32 activations
+    assert [n.op_type for n in model.graph.node] == ["MatMulNBits", "MatMul", "MatMul", "Add"]
+    nbits = model.graph.node[0]
+    assert len(nbits.input) == 3 and {a.name: a.i for a in nbits.attribute}["accuracy_level"] == 1
+    assert {i.name for i in model.graph.initializer} == {"w_Q4", "w_scales", "w_offsets", f"block_sums_{K}_{BLOCK}"}
     got = run(model, x, tmp_path, "fz.onnx")
     np.testing.assert_allclose(got, x @ w, rtol=0, atol=1e-5 * np.abs(x @ w).max())
     np.testing.assert_allclose(dequantized_weights(model)["mm"], w, rtol=0, atol=1e-6)  # the reader agrees
+    # the same function as MatMulNBits with fp32 zero points, which the reader also reads
+    zp = zero_point_model(w)
+    np.testing.assert_allclose(run(zp, x, tmp_path, "zp.onnx"), got, rtol=0, atol=1e-5 * np.abs(got).max())
+    np.testing.assert_allclose(dequantized_weights(zp)["mm"], w, rtol=0, atol=1e-6)
 
     # ORT's own asymmetric 4-bit quantizer writes integer zero points: the same weights come back rounded
     from onnxruntime.quantization import matmul_nbits_quantizer as mnq
 
-    quant = mnq.MatMulNBitsQuantizer(matmul_model(w), bits=4, block_size=BLOCK, is_symmetric=False,
-                                     accuracy_level=accuracy_level)
+    quant = mnq.MatMulNBitsQuantizer(matmul_model(w), bits=4, block_size=BLOCK, is_symmetric=False, accuracy_level=0)
     quant.process()
     theirs = run(quant.model.model, x, tmp_path, "uint4.onnx")
     assert np.abs(theirs - x @ w).max() > 100 * np.abs(got - x @ w).max()
-    if accuracy_level == 0:  # the reader gives what ORT computes with uint4 zero points too (level 4
-        w4 = dequantized_weights(quant.model.model)["mm"]  # also rounds x to int8 there)
-        np.testing.assert_allclose(x @ w4, theirs, rtol=0, atol=1e-5 * np.abs(theirs).max())
+    w4 = dequantized_weights(quant.model.model)["mm"]  # the reader gives what ORT computes with uint4 zero points
+    np.testing.assert_allclose(x @ w4, theirs, rtol=0, atol=1e-5 * np.abs(theirs).max())
+
+
+def test_block_sums_are_shared_by_equal_widths_and_cover_a_padded_last_block(tmp_path):
+    """Two MatMuls of the same input width share one block-sum matrix; a width that is not a
+    multiple of the block (its last block padded) computes what the zero-point form computes."""
+    rng = np.random.default_rng(2)
+    k = K + 8
+    w1, w2 = (rng.standard_normal((k, N)).astype(np.float32) for _ in range(2))
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm1"),
+             helper.make_node("MatMul", ["x", "w2"], ["g"], name="mm2"),
+             helper.make_node("Add", ["h", "g"], ["y"], name="add")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", N])],
+                              [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    quantize_float_zero(model, ["mm1", "mm2"], BLOCK)
+    sums = [i for i in model.graph.initializer if i.name.startswith("block_sums_")]
+    assert [(t.name, list(t.dims)) for t in sums] == [(f"block_sums_{k}_{BLOCK}", [k, 4])]
+    x = rng.standard_normal((3, k)).astype(np.float32)
+    deq = dequantized_weights(model)
+    expected = x @ zero_point_weight(w1) + x @ zero_point_weight(w2)
+    np.testing.assert_allclose(run(model, x, tmp_path, "two.onnx"), expected, rtol=0,
+                               atol=1e-5 * np.abs(expected).max())
+    np.testing.assert_allclose(x @ deq["mm1"] + x @ deq["mm2"], expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+
+
+def zero_point_weight(w: np.ndarray) -> np.ndarray:
+    """``w`` on the min/max grid, dequantized ``(code - zero) * scale`` in numpy."""
+    codes, scale, zero, _ = minmax_codes(w, BLOCK)
+    return ((codes - zero[..., None]) * scale[..., None]).reshape(w.shape[1], -1).T[:w.shape[0]]
 
 
 def test_off_the_grid_it_is_round_to_nearest_on_each_blocks_range():

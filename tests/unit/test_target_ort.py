@@ -174,8 +174,8 @@ def test_int4_has_matmulnbits_and_a_4bit_table(build):
 
 
 def test_int4_float_zero_points_round_each_block_on_its_own_range(build, scaled_eval, scaled_reference):
-    """zero_points=float: every Linear MatMul is a 4-bit MatMulNBits with fp32 scales and fp32 zero
-    points (min/max per block). Each weight comes out closer to the FP32 weight than with ORT's
+    """zero_points=float: every Linear MatMul is a 4-bit symmetric MatMulNBits (fp32 activations)
+    plus the per-block offsets of fp32 zero points (min/max per block). Each weight comes out closer to the FP32 weight than with ORT's
     uint4 zero points (whose range must include 0 on the integer grid); the artifact meets the int4
     floor, and the recipe says no weight was on a 4-bit grid before. (End to end, the tiny model's
     cosine does not rank the two: 12 layers of ~8% weight noise, either way within 0.003.)"""
@@ -184,9 +184,11 @@ def test_int4_float_zero_points_round_each_block_on_its_own_range(build, scaled_
     inits = initializer_map(model)
     nbits = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
     assert len(nbits) == 12
+    offsets = {n.name.removesuffix("_offset"): inits[n.input[1]] for n in model.graph.node if n.name.endswith("_offset")}
     for n in nbits:
-        assert len(n.input) == 4 and inits[n.input[3]].data_type == onnx.TensorProto.FLOAT
-        assert inits[n.input[3]].dims == inits[n.input[2]].dims
+        assert len(n.input) == 3 and {a.name: a.i for a in n.attribute}["accuracy_level"] == 1
+        scales, offset = inits[n.input[2]], offsets[n.name.removesuffix("_Q4")]
+        assert offset.data_type == onnx.TensorProto.FLOAT and offset.dims[0] * offset.dims[1] == scales.dims[0]
     assert res.recipe["settings"]["zero_points"] == "float" and "Q4_1" in res.recipe["settings"]["scheme"]
     assert res.recipe["grid"]["weights"] == 12 and res.recipe["grid"]["already_on_the_grid"] == 0
     assert meets_floor(_cos(out, res, scaled_eval), "int4") and res.recipe["size_ratio"] < MAX_RATIO["int4"]

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ...int4.grid import SCHEME as FLOAT_ZERO_SCHEME, minmax_codes
+from ...int4.grid import minmax_codes
 from ...onnxkit.activations import Activations, capture
 from ...onnxkit.calibration import feed_reader
 from ...onnxkit.files import load_model, save_model
@@ -25,7 +25,7 @@ from ...onnxkit.scopes import module_paths
 from ...onnxkit.session import import_quantization, quiet_ort_logs
 from .backend import BLOCK_SIZE_REASON, DEFAULT_INT4_BLOCK
 from .block_quant import _table_4bit, quantize_table_8bit, weight_only_8bit
-from .float_zero import quantize_float_zero, zero_point_kind
+from .float_zero import quantize_float_zero, recipe_settings as float_zero_settings, zero_point_kind
 from .int8 import excluded_by_option
 from .search import auto_exclude
 from .sqnr import sqnr
@@ -103,7 +103,7 @@ def quantize_int4(src: Path, dst: Path, *, feeds, input_names: Sequence[str], op
     def build(excluded: Sequence[str], out: Path) -> None:
         m = onnx.load(str(src))
         if float_zero:
-            recipe["grid"] = quantize_float_zero(m, [n for n in names if n not in excluded], bs, acc)
+            recipe["grid"] = quantize_float_zero(m, [n for n in names if n not in excluded], bs)
         else:
             cfg, recipe["algo_config"] = _int4_config(mnq, options, feeds, input_names)
             with quiet_ort_logs():
@@ -139,10 +139,10 @@ def quantize_int4(src: Path, dst: Path, *, feeds, input_names: Sequence[str], op
                 "zero_points": zero_point_kind(options),
                 "accuracy_level": acc, "op": "com.microsoft.MatMulNBits"}
     if float_zero:
-        settings["scheme"] = FLOAT_ZERO_SCHEME
+        settings.update(float_zero_settings())
     return {
-        "library_call": ("embedc.targets.ort.float_zero.quantize_float_zero (min/max per block, fp32 zero points; "
-                         "ORT's quantizer writes only uint4 zero points)" if float_zero else
+        "library_call": ("embedc.targets.ort.float_zero.quantize_float_zero (min/max per block, fp32 zero points "
+                         "as a block-sum correction; ORT's quantizer writes only uint4 zero points)" if float_zero else
                          f"onnxruntime.quantization.matmul_nbits_quantizer.MatMulNBitsQuantizer(bits=4, "
                          f"algo_config={recipe['algo_config']})"),
         "settings": settings,

@@ -25,7 +25,7 @@ import onnx
 from onnx import external_data_helper, helper, numpy_helper
 
 from ...errors import CompileError
-from ...int4.grid import SCHEME as FLOAT_ZERO_SCHEME, grid_record
+from ...int4.grid import grid_record
 from ...onnxkit.files import save_model
 from ...onnxkit.graph import (MS_DOMAIN, ensure_opset, initializer_map, node_entries, strip_debug_metadata,
                               weight_matmuls, word_embedding_gather)
@@ -34,7 +34,7 @@ from ...onnxkit.session import import_quantization, quiet_ort_logs
 from .backend import BLOCK_SIZE_REASON, DEFAULT_INT4_BLOCK
 from .block_quant import (FP16_SCALES, _block_for, exact_rows_record, fp16_scales, keep_rows_exact,
                           quantize_table_8bit, table_rows)
-from .float_zero import matmulnbits as float_zero_node, zero_point_kind
+from .float_zero import matmulnbits as float_zero_node, recipe_settings as float_zero_settings, zero_point_kind
 from .int8 import excluded_by_option
 
 STREAMED_OPTIONS = {"algorithm": "default", "auto_exclude": 0}  # what the streamed path supports
@@ -58,7 +58,7 @@ def quantize_int4_streamed(src: Path, dst: Path, *, options: dict, exact_ids=())
     names = [n.name for n in weight_matmuls(model)]
     excluded = excluded_by_option(paths, names, options["exclude"])
     bs, sym, acc = options["block_size"], options["is_symmetric"], options["accuracy_level"]
-    float_zero, grid_errors = options["zero_points"] == "float", {}
+    float_zero, grid_errors, block_sums = options["zero_points"] == "float", {}, {}
     int4 = mnq.DefaultWeightOnlyQuantizer(mnq.DefaultWeightOnlyQuantConfig(
         block_size=bs, is_symmetric=sym, accuracy_level=acc, op_types_to_quantize=("MatMul",)))
     int8 = mnq.DefaultWeightOnlyQuantizer(mnq.DefaultWeightOnlyQuantConfig(
@@ -78,8 +78,7 @@ def quantize_int4_streamed(src: Path, dst: Path, *, options: dict, exact_ids=())
         for node in model.graph.node:
             if node.name in wanted and float_zero and node.name not in excluded:
                 weight = numpy_helper.to_array(_loaded(inits[node.input[1]], src.parent))  # the proto stays lean
-                new, tensors, grid_errors[node.name] = float_zero_node(node, weight, bs, acc)
-                nodes = [new]
+                nodes, tensors, grid_errors[node.name] = float_zero_node(node, weight, bs, block_sums)
                 del weight
             elif node.name in wanted:
                 quantizer = int8 if node.name in excluded else int4
@@ -137,7 +136,7 @@ def quantize_int4_streamed(src: Path, dst: Path, *, options: dict, exact_ids=())
         "settings": {"algorithm": "default", "block_size": bs, "is_symmetric": sym,
                      "zero_points": zero_point_kind(options),
                      "accuracy_level": acc, "op": "com.microsoft.MatMulNBits",
-                     **({"scheme": FLOAT_ZERO_SCHEME} if float_zero else {})},
+                     **(float_zero_settings() if float_zero else {})},
         "grid": grid_record(grid_errors) if float_zero else None,
         "block_size_reason": BLOCK_SIZE_REASON if bs == DEFAULT_INT4_BLOCK else "set by the user",
         "low_memory": {"enabled": True, "how": "graph read without external data; one FP32 weight in memory "
