@@ -175,8 +175,9 @@ def test_int4_has_matmulnbits_and_a_4bit_table(build):
 
 def test_int4_float_zero_points_round_each_block_on_its_own_range(build, scaled_eval, scaled_reference):
     """zero_points=float: every Linear MatMul is a 4-bit symmetric MatMulNBits (fp32 activations)
-    plus the per-block offsets of fp32 zero points (min/max per block). Each weight comes out closer to the FP32 weight than with ORT's
-    uint4 zero points (whose range must include 0 on the integer grid); the artifact meets the int4
+    plus the per-block offsets of fp32 zero points (min/max per block). Each weight comes out
+    closer to the FP32 weight than with ORT's uint4 zero points (whose range must include 0 on
+    the integer grid); the artifact meets the int4
     floor, and the recipe says no weight was on a 4-bit grid before. (End to end, the tiny model's
     cosine does not rank the two: 12 layers of ~8% weight noise, either way within 0.003.)"""
     out, res = build("ort-cpu-avx2", "int4", is_symmetric=False, zero_points="float")
@@ -184,7 +185,8 @@ def test_int4_float_zero_points_round_each_block_on_its_own_range(build, scaled_
     inits = initializer_map(model)
     nbits = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
     assert len(nbits) == 12
-    offsets = {n.name.removesuffix("_offset"): inits[n.input[1]] for n in model.graph.node if n.name.endswith("_offset")}
+    offsets = {n.name.removesuffix("_offset"): inits[n.input[1]]
+               for n in model.graph.node if n.name.endswith("_offset")}
     for n in nbits:
         assert len(n.input) == 3 and {a.name: a.i for a in n.attribute}["accuracy_level"] == 1
         scales, offset = inits[n.input[2]], offsets[n.name.removesuffix("_Q4")]
