@@ -36,14 +36,14 @@ def _variant(name: str, src: Path, dst: Path) -> None:
 
     from embedc.onnxkit.files import save_model
     from embedc.onnxkit.graph import weight_matmuls
-    from embedc.targets.ort.float_zero import quantize_float_zero
+    from embedc.targets.ort.float_zero import quantize_float_zero, zero_point_nodes
 
     model = onnx.load(str(src))
     names = [n.name for n in weight_matmuls(model)]
     if name == "float":
         quantize_float_zero(model, names, 32)
     elif name == "float-zero-points":
-        _zero_points(model, names, 32)
+        quantize_float_zero(model, names, 32, write=zero_point_nodes)
     elif name != "fp32":
         from onnxruntime.quantization import matmul_nbits_quantizer as mnq
 
@@ -54,24 +54,6 @@ def _variant(name: str, src: Path, dst: Path) -> None:
         quant.process()
         model = quant.model.model
     save_model(model, dst)
-
-
-def _zero_points(model, names, block: int) -> None:
-    """Each MatMul in ``names`` as one MatMulNBits with fp32 zero points, in place."""
-    from onnx import numpy_helper
-
-    from embedc.onnxkit.graph import MS_DOMAIN, ensure_opset, initializer_map, remove_unused_initializer
-    from embedc.targets.ort.float_zero import zero_point_node
-
-    inits = initializer_map(model)
-    for node in [n for n in model.graph.node if n.op_type == "MatMul" and n.name in set(names)]:
-        new, tensors, _ = zero_point_node(node, numpy_helper.to_array(inits[node.input[1]]), block, 4)
-        pos = list(model.graph.node).index(node)
-        model.graph.node.remove(node)
-        model.graph.node.insert(pos, new)
-        model.graph.initializer.extend(tensors)
-        remove_unused_initializer(model, node.input[1])
-    ensure_opset(model, MS_DOMAIN, 1)
 
 
 def _weight_error(src: Path, path: Path) -> float:

@@ -6,14 +6,15 @@ Runtime, where ORT's own asymmetric quantizer (uint4 zero points) cannot place t
 off the grid it is round-to-nearest within half a step."""
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from embedc.onnxkit.session import cpu_session
 from embedc.int4.grid import ON_GRID, minmax_codes
-from embedc.onnxkit.graph import MS_DOMAIN, ensure_opset
-from embedc.targets.ort.float_zero import dequantized_weights, quantize_float_zero, zero_point_node
+from embedc.targets.ort.float_zero import dequantized_weights, quantize_float_zero, zero_point_nodes
 from helpers import q4_1_weight
 
 K, N, BLOCK = 96, 24, 32  # the grid's block: q4_1_weight's 32
@@ -35,12 +36,8 @@ def run(model: onnx.ModelProto, x: np.ndarray, tmp_path, name: str) -> np.ndarra
 def zero_point_model(w: np.ndarray) -> onnx.ModelProto:
     """The same weights as one MatMulNBits with fp32 zero points (the slower kernel's form)."""
     model = matmul_model(w)
-    (node,) = model.graph.node
-    new, tensors, _ = zero_point_node(node, w, BLOCK, accuracy_level=0)
-    del model.graph.node[:], model.graph.initializer[:]
-    model.graph.node.append(new)
-    model.graph.initializer.extend(tensors)
-    ensure_opset(model, MS_DOMAIN, 1)
+    quantize_float_zero(model, ["mm"], BLOCK, write=partial(zero_point_nodes, accuracy_level=0))
+    assert [n.op_type for n in model.graph.node] == ["MatMulNBits"] and len(model.graph.node[0].input) == 4
     return model
 
 

@@ -35,29 +35,18 @@ def reference_embeddings(reference_onnx: Path, rows: Sequence[dict[str, np.ndarr
         release_memory()
 
 
-def candidate_embeddings(ov, model, rows: Sequence[dict[str, np.ndarray]], output: str, config: dict) -> np.ndarray:
-    """``model`` compiled on the CPU plugin with ``config`` (the artifact's parity precision), run on ``rows``."""
-    compiled = ov.Core().compile_model(model, "CPU", config)
-    request = compiled.create_infer_request()
-    names = [p.get_any_name() for p in compiled.inputs]
-    out = compiled.output(output)
-    embs = [np.array(request.infer({n: r[n] for n in names})[out], dtype=np.float32) for r in rows]
-    del request, compiled
-    return np.concatenate(embs, axis=0)
-
-
-def choose_alpha(alphas: Sequence[float], quantize: Callable[[float], tuple[object, dict]],
+def choose_alpha(alphas: Sequence[float], quantize: Callable[[int, float], tuple[object, dict]],
                  judge: Callable[[object], np.ndarray], reference: np.ndarray, ov, scratch: Path) -> tuple[object, dict]:
     """(the quantized model of the best alpha, read back from its scratch IR, and the search record).
 
-    ``quantize(alpha)`` returns (a quantized model, its recipe); ``judge(model)`` its embeddings of
-    the calibration rows, compared with ``reference``."""
+    ``quantize(i, alpha)`` returns (the ``i``-th candidate's quantized model, its recipe);
+    ``judge(model)`` its embeddings of the calibration rows, compared with ``reference``."""
     scratch.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     trials, recipes = [], {}
     for i, alpha in enumerate(alphas):
         t0 = time.perf_counter()
-        model, recipes[alpha] = quantize(alpha)
+        model, recipes[alpha] = quantize(i, alpha)
         stats = cosine_stats(reference, judge(model))
         ov.save_model(model, str(scratch / f"alpha-{i}.xml"), compress_to_fp16=False)
         del model

@@ -43,17 +43,22 @@ def _block_sums(k: int, block: int) -> np.ndarray:
     return s
 
 
+def _grid_tensors(w_kn: np.ndarray, block: int, base: str):
+    """(zero points, scales, relative error, [packed codes, scales] initializers) of ``w_kn`` on the grid."""
+    codes, scale, zero, err = minmax_codes(w_kn, block)
+    return zero, scale, err, [numpy_helper.from_array(_packed(codes), f"{base}_Q4"),
+                              numpy_helper.from_array(scale.reshape(-1), f"{base}_scales")]
+
+
 def matmulnbits(node: onnx.NodeProto, w_kn: np.ndarray, block: int,
                 shared: dict[int, str]) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto], float]:
     """(the nodes, their new initializers, the weight's relative error) that compute the MatMul
     ``node`` with its weight on the min/max grid, in the block-sum form above. ``shared`` maps K
     to the name of the block-sum matrix already written (one is added when K is new)."""
     k, n = w_kn.shape
-    codes, scale, zero, err = minmax_codes(w_kn, block)
     base, x, y = node.input[1], node.input[0], node.output[0]
-    tensors = [numpy_helper.from_array(_packed(codes), f"{base}_Q4"),
-               numpy_helper.from_array(scale.reshape(-1), f"{base}_scales"),
-               numpy_helper.from_array(((8 - zero) * scale).T.astype(np.float32), f"{base}_offsets")]
+    zero, scale, err, tensors = _grid_tensors(w_kn, block, base)
+    tensors.append(numpy_helper.from_array(((8 - zero) * scale).T.astype(np.float32), f"{base}_offsets"))
     if k not in shared:
         shared[k] = f"block_sums_{k}_{block}"
         tensors.append(numpy_helper.from_array(_block_sums(k, block), shared[k]))
@@ -68,32 +73,30 @@ def matmulnbits(node: onnx.NodeProto, w_kn: np.ndarray, block: int,
     return nodes, tensors, err
 
 
-def zero_point_node(node: onnx.NodeProto, w_kn: np.ndarray, block: int,
-                    accuracy_level: int) -> tuple[onnx.NodeProto, list[onnx.TensorProto], float]:
+def zero_point_nodes(node: onnx.NodeProto, w_kn: np.ndarray, block: int, shared: dict[int, str], *,
+                     accuracy_level: int = 4) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto], float]:
     """The same weights as one ``MatMulNBits`` with fp32 zero points (the slower kernel; kept for
-    benchmarks/int4_zero_points.py and to test the block-sum form against it)."""
+    benchmarks/int4_zero_points.py and to test the block-sum form against it). ``shared`` is unused:
+    the signature is :func:`matmulnbits`'s, so :func:`quantize_float_zero` writes either form."""
     k, n = w_kn.shape
-    codes, scale, zero, err = minmax_codes(w_kn, block)
-    base = node.input[1]
-    tensors = [numpy_helper.from_array(_packed(codes), f"{base}_Q4"),
-               numpy_helper.from_array(scale.reshape(-1), f"{base}_scales"),
-               numpy_helper.from_array(zero.reshape(-1), f"{base}_zero_points")]
+    zero, _, err, tensors = _grid_tensors(w_kn, block, node.input[1])
+    tensors.append(numpy_helper.from_array(zero.reshape(-1), f"{node.input[1]}_zero_points"))
     new = helper.make_node("MatMulNBits", [node.input[0]] + [t.name for t in tensors], list(node.output),
                            name=node.name + "_Q4", domain=MS_DOMAIN, K=int(k), N=int(n), bits=4,
                            block_size=block, accuracy_level=accuracy_level)
     new.metadata_props.extend(node.metadata_props)
-    return new, tensors, err
+    return [new], tensors, err
 
 
-def quantize_float_zero(model: onnx.ModelProto, names: Sequence[str], block: int) -> dict:
-    """The MatMuls ``names`` on the 4-bit min/max grid (block-sum form), in place; returns how
-    many weights were already on the grid (the source was a Q4_1-style 4-bit model)."""
+def quantize_float_zero(model: onnx.ModelProto, names: Sequence[str], block: int, *, write=matmulnbits) -> dict:
+    """The MatMuls ``names`` on the 4-bit min/max grid, in place, each written by ``write`` (the
+    block-sum form; :func:`zero_point_nodes` for the one-node form); returns how many weights were
+    already on the grid (the source was a Q4_1-style 4-bit model)."""
     inits = initializer_map(model)
     wanted, shared = set(names), {}
     errors = {}
     for node in [n for n in model.graph.node if n.op_type == "MatMul" and n.name in wanted]:
-        nodes, tensors, errors[node.name] = matmulnbits(node, numpy_helper.to_array(inits[node.input[1]]), block,
-                                                        shared)
+        nodes, tensors, errors[node.name] = write(node, numpy_helper.to_array(inits[node.input[1]]), block, shared)
         pos = list(model.graph.node).index(node)
         model.graph.node.remove(node)
         for i, new in enumerate(nodes):
