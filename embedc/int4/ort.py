@@ -62,6 +62,7 @@ def quantize_int4_codes(src: Path, dst: Path, *, layers: dict, info: dict, optio
     from ..onnxkit.graph import node_entries, strip_debug_metadata, table_gathers, weight_matmuls, word_embedding_gather
     from ..onnxkit.scopes import module_paths
     from ..targets.ort.block_quant import _table_4bit, quantize_table_8bit, weight_only_8bit
+    from ..targets.ort.half_scales import fp16_linear_scales
     from ..targets.ort.int8 import excluded_by_option
     from .layers import match_layers
 
@@ -80,9 +81,11 @@ def quantize_int4_codes(src: Path, dst: Path, *, layers: dict, info: dict, optio
     table = word_embedding_gather(model)
     if options["quantize_embedding"] and table is not None:
         if options["embedding_bits"] == 8:
-            embedding = quantize_table_8bit(model, table.name, options["embedding_block_size"])
+            embedding = quantize_table_8bit(model, table.name, options["embedding_block_size"],
+                                            scales_dtype=options["embedding_scales"])
         else:
             model, embedding = _table_4bit(model, table, gathers, options, exact_ids)
+    linear_scales = fp16_linear_scales(model) if options["linear_scales"] == "fp16" else "fp32"
     strip_debug_metadata(model)
     save_model(model, dst)
     return {
@@ -99,4 +102,5 @@ def quantize_int4_codes(src: Path, dst: Path, *, layers: dict, info: dict, optio
         "left_float": node_entries(paths, float_left),
         "weight_match_cosine_min": round(min(d["cosine"] for d in matched.values()), 5),
         "embedding": embedding,
+        "linear_scales": linear_scales,
     }

@@ -50,8 +50,18 @@ def test_every_linear_lies_on_the_q4_1_grid_that_float_zero_points_store_exactly
 
     linears = [m for m in last.model.modules() if isinstance(m, torch.nn.Linear)]
     assert len(linears) == 210
+    moved_offsets = blocks = 0
     for lin in linears:
-        assert minmax_codes(lin.weight.detach().numpy().T, 32)[3] <= ON_GRID
+        _, scale, zero, err = minmax_codes(lin.weight.detach().numpy().T, 32)
+        assert err <= ON_GRID
+        # linear_scales=fp16: Q4_1 stores each block's scale and minimum in fp16, so fp16 holds the
+        # scales, and the offsets 8 * scale + minimum all but exactly
+        np.testing.assert_allclose(scale.astype(np.float16), scale, rtol=1e-6)
+        offset = (8 - zero) * scale
+        moved = np.abs(offset.astype(np.float16).astype(np.float32) - offset) / scale
+        assert moved.max() <= 2.0 ** -7
+        moved_offsets, blocks = moved_offsets + int((moved > 1e-5).sum()), blocks + moved.size
+    assert moved_offsets <= 1e-5 * blocks
     table = last.model.embed_tokens.weight.detach().numpy()[:4096]
     assert minmax_codes(table.T, 32)[3] > 1e-3  # the table is Q8_0: not on a 4-bit grid
 

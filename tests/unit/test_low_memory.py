@@ -181,9 +181,11 @@ def _low_memory(ctx, **options):
                                reference_meta={**ctx.reference_meta, "low_memory": {"enabled": True}})
 
 
-@pytest.mark.parametrize("options", [{"embedding_bits": 4}, {"embedding_bits": 8},
+@pytest.mark.parametrize("options", [{"embedding_bits": 4},
+                                     {"embedding_bits": 8, "embedding_scales": "fp16", "embedding_block_size": 64},
                                      {"is_symmetric": False, "zero_points": "float", "embedding_scales": "fp16",
-                                      "embedding_block_size": 32}])  # the SmolLM2 specs' int4
+                                      "embedding_block_size": 32, "linear_scales": "fp16"}])
+# (the SmolLM2 specs' int4 is the third's Linears with the second's table)
 def test_streamed_int4_writes_the_recipes_weights(bidir_context, tmp_path, options):
     """The streamed recipe's MatMulNBits / GatherBlockQuantized tensors are byte for byte
     those of the whole-model recipe (ORT's quantizer, or embedc's float-zero-point writer; a

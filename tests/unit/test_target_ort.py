@@ -229,6 +229,86 @@ def test_int4_table_with_fp16_scales_gives_the_same_rows_in_fewer_bytes(build, s
     assert meets_floor(_cos(out, res, scaled_eval), "int4")
 
 
+def test_int8_table_with_fp16_scales_gives_the_same_rows_in_fewer_bytes(build, scaled_reference):
+    """embedding_scales=fp16 on the 8-bit table (GGUF Q8_0's layout at block 32): same codes,
+    rows equal to fp16 rounding, half the scales' bytes saved."""
+    out, res = build("ort-cpu-avx2", "int4", embedding_bits=8, embedding_scales="fp16")
+    out32, res32 = build("ort-cpu-avx2", "int4", embedding_bits=8)
+    model, model32 = _graph(out, res), _graph(out32, res32)
+    gather, gather32 = _table_node(model), _table_node(model32)
+    inits, inits32 = initializer_map(model), initializer_map(model32)
+    assert {a.name: a.i for a in gather.attribute}["bits"] == 8
+    assert inits[gather.input[2]].data_type == onnx.TensorProto.FLOAT16
+    assert inits[gather.input[0]].raw_data == inits32[gather32.input[0]].raw_data
+    assert res.recipe["embedding"]["scales"].startswith("fp16") and res32.recipe["embedding"]["scales"] == "fp32"
+    table_output = word_embedding_gather(onnx.load(str(scaled_reference / "model.onnx"))).output[0]
+    ids = np.arange(0, 2000, 7)
+    rows, rows32 = (_table_rows(o, r, table_output, ids) for o, r in ((out, res), (out32, res32)))
+    np.testing.assert_allclose(rows, rows32, rtol=2e-3, atol=1e-6)
+    assert np.abs(rows - rows32).max() > 0  # the fp16 scales are in use
+    scale_bytes = inits32[gather32.input[2]].ByteSize()
+    assert res32.recipe["bytes"] - res.recipe["bytes"] == pytest.approx(scale_bytes / 2, rel=0.01)
+
+
+@pytest.mark.parametrize("form", [{}, {"is_symmetric": False}, {"is_symmetric": False, "zero_points": "float"}],
+                         ids=["symmetric", "uint4-zero-points", "block-sum"])
+def test_int4_linear_scales_fp16_store_the_same_weights_in_fewer_bytes(build, scaled_eval, form):
+    """linear_scales=fp16: every 4-bit MatMulNBits's scales (and the block-sum form's offsets) are
+    stored fp16 and cast back on the initializer; the weights ORT computes with move by a small
+    fraction of a 4-bit step, the embeddings stay those of the fp32-scale artifact, and the stored
+    tensors are smaller by half those tensors' bytes."""
+    out, res = build("ort-cpu-avx2", "int4", linear_scales="fp16", **form)
+    out32, res32 = build("ort-cpu-avx2", "int4", **form)
+    model = _graph(out, res)
+    inits = initializer_map(model)
+    casts = {n.output[0]: n for n in model.graph.node if n.op_type == "Cast"}
+    nbits = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
+    assert nbits and res.recipe["linear_scales"]["nodes"] == len(nbits)
+    for n in nbits:
+        assert n.input[2] not in inits and inits[casts[n.input[2]].input[0]].data_type == onnx.TensorProto.FLOAT16
+    offsets = [n for n in model.graph.node if n.name.endswith("_offset")]
+    assert bool(offsets) == (form.get("zero_points") == "float")
+    assert all(inits[casts[n.input[1]].input[0]].data_type == onnx.TensorProto.FLOAT16 for n in offsets)
+    ours, theirs = dequantized_weights(model), dequantized_weights(_graph(out32, res32))
+    assert set(ours) == set(theirs) and ours
+    for name, w in theirs.items():
+        step = np.abs(w).max() / 7
+        assert 0 < np.abs(ours[name] - w).max() < step / 40, name
+    stored = [sum(len(t.raw_data) for t in m.graph.initializer) for m in (model, _graph(out32, res32))]
+    assert stored[1] - stored[0] == res.recipe["linear_scales"]["bytes_saved"] > 0  # (the Casts' protos cost
+    assert res32.recipe["linear_scales"] == "fp32"  # about as much on this tiny model: 12 Linears of width 32)
+    batches, _ = scaled_eval
+    ours, theirs = (embed(BACKEND.load(o, {"model_file": r.model_file}, threads=1), batches)
+                    for o, r in ((out, res), (out32, res32)))
+    between = cosines(ours, theirs)  # the int4 rounding itself costs 0.01 here (this model is scaled to be sensitive)
+    assert 0.9999 < between.min() < 1 - 1e-7
+
+
+@pytest.mark.parametrize("scales, kind", [([0.02, 1e-7], "scales"), ([0.02, 1e5], "scales"),
+                                          ([2 ** -6, 2 ** -6], "offsets")])
+def test_fp16_linear_scales_that_fp16_cannot_hold_are_refused(scales, kind):
+    """Below fp16's normal range, above its largest value, or an offset whose fp16 rounding is
+    large against its block's step: refused with the way back, not rounded away."""
+    from embedc.targets.ort.half_scales import fp16_linear_scales
+
+    h = onnx.helper
+    scales = np.array(scales, np.float32)  # 2**-6 is exact in fp16
+    offsets = np.array([[1.0 + 3e-4, 0.5]], np.float32)  # [blocks=1, N=2]; fp16 moves 1.0003 by 3e-4 > 2**-13
+    graph = h.make_graph(
+        [h.make_node("MatMulNBits", ["x", "w_Q4", "w_scales"], ["y_sym"], name="mm_Q4", domain="com.microsoft",
+                     K=32, N=2, bits=4, block_size=32),
+         h.make_node("MatMul", ["x", "sums"], ["y_bsum"], name="mm_bsum"),
+         h.make_node("MatMul", ["y_bsum", "w_offsets"], ["y_offset"], name="mm_offset")], "g",
+        [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 32])], [],
+        initializer=[onnx.numpy_helper.from_array(np.zeros((2, 1, 16), np.uint8), "w_Q4"),
+                     onnx.numpy_helper.from_array(scales, "w_scales"),
+                     onnx.numpy_helper.from_array(np.ones((32, 1), np.float32), "sums"),
+                     onnx.numpy_helper.from_array(offsets, "w_offsets")])
+    with pytest.raises(CompileError, match=f"{kind} does not fit fp16") as err:
+        fp16_linear_scales(h.make_model(graph))
+    assert "linear_scales=fp32" in err.value.hint
+
+
 @pytest.mark.parametrize("scale", [1e-7, 1e5])  # below fp16's normal range / above its largest value
 def test_fp16_table_scales_that_fp16_cannot_hold_are_refused_before_any_change(scale):
     from embedc.targets.ort.block_quant import fp16_scales
@@ -356,7 +436,8 @@ def test_vnni_and_arm64_targets_change_the_int8_recipe(build):
     ("int4", {"algorithm": "awq"}, "algorithm"),
     ("int4", {"block_size": 48}, "block_size"),
     ("int4", {"zero_points": "float"}, "zero_points"),  # needs is_symmetric=false
-    ("int4", {"embedding_scales": "fp16", "embedding_bits": 8}, "embedding_scales"),
+    ("int4", {"embedding_scales": "fp16", "quantize_embedding": False}, "embedding_scales"),
+    ("int4", {"linear_scales": "bf16"}, "linear_scales"),
     ("int4", {"zero_points": "float", "is_symmetric": False, "algorithm": "hqq"}, "zero_points"),
     ("int8-dynamic", {"calibrate_method": "MinMax"}, "calibrate_method"),
     ("int8-dynamic", {"per_chanel": False}, "per_chanel"),

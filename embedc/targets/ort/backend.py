@@ -112,7 +112,8 @@ SCHEMA: dict[str, dict[str, opt.Option]] = {
              "zero_points": opt.choice("uint4", ("uint4", "float")),  # with is_symmetric=false
              "accuracy_level": opt.choice(4, (0, 1, 2, 3, 4)), "quantize_embedding": opt.flag(True),
              "embedding_bits": opt.choice(4, (4, 8)), "embedding_block_size": opt.integer(64, power_of_two=True),
-             "embedding_scales": opt.choice("fp32", ("fp32", "fp16")),  # the 4-bit table's
+             "embedding_scales": opt.choice("fp32", ("fp32", "fp16")),  # the table's
+             "linear_scales": opt.choice("fp32", ("fp32", "fp16")),  # the 4-bit MatMulNBits' (half_scales.py)
              "exact_template_rows": opt.flag(True),
              "exclude": opt.patterns(), "gptq_samples": opt.integer(32, lo=1), "auto_exclude": _auto_exclude(0),
              "target_mean": opt.number(0.99, **_TARGET_COSINE), "target_min": opt.number(0.97, **_TARGET_COSINE),
@@ -131,10 +132,9 @@ def resolve_options(precision: str, given: Mapping, target: str = "") -> dict:
         raise TargetError(f"option zero_points=float needs is_symmetric=false and algorithm=default "
                           f"({precision} on {target})", "pass is_symmetric=false and algorithm=default, "
                                                         "or drop zero_points")
-    if precision == "int4" and resolved["embedding_scales"] == "fp16" and (
-            resolved["embedding_bits"] != 4 or not resolved["quantize_embedding"]):
-        raise TargetError(f"option embedding_scales=fp16 applies to the 4-bit table only ({precision} on {target})",
-                          "drop embedding_scales, or pass embedding_bits=4 and quantize_embedding=true")
+    if precision == "int4" and resolved["embedding_scales"] == "fp16" and not resolved["quantize_embedding"]:
+        raise TargetError(f"option embedding_scales=fp16 applies to a quantized table only ({precision} on {target})",
+                          "drop embedding_scales, or pass quantize_embedding=true")
     if precision == "int8-dynamic" and resolved["activations"] != "auto":  # auto: checked at compile
         check_dynamic_scheme(resolved, resolved["activations"], f"activations={resolved['activations']} "
                                                                 f"({precision} on {target})")

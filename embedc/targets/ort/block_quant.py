@@ -35,9 +35,11 @@ def _block_for(width: int, block_size: int) -> int:
     return b
 
 
-def quantize_table_8bit(model: onnx.ModelProto, node_name: str, block_size: int = 128) -> dict:
+def quantize_table_8bit(model: onnx.ModelProto, node_name: str, block_size: int = 128, *,
+                        scales_dtype: str = "fp32") -> dict:
     """Replace a Gather over a float table by an 8-bit ``GatherBlockQuantized``:
-    symmetric, one fp32 scale per row block, stored as uint8 around ORT's
+    symmetric, one scale per row block (fp32; fp16 with ``scales_dtype="fp16"``,
+    :func:`fp16_scales`), stored as uint8 around ORT's
     default zero point 128 (no zero-point tensor: -0.75 MB on e5-small's table
     for a row cosine of 0.99998 mean / 0.9998 min vs 0.99999 / 0.99993 asymmetric)."""
     inits = initializer_map(model)
@@ -60,15 +62,20 @@ def quantize_table_8bit(model: onnx.ModelProto, node_name: str, block_size: int 
                            name=node.name + "_Q8", domain=MS_DOMAIN, gather_axis=axis, quantize_axis=1,
                            block_size=block, bits=8)
     new.metadata_props.extend(node.metadata_props)
+    cast = fp16_scales(new, scales) if scales_dtype == "fp16" else None  # before insert(), which copies
     model.graph.node.remove(node)
     model.graph.node.insert(idx, new)
+    if cast is not None:
+        model.graph.node.insert(idx + 1, cast)
     model.graph.initializer.extend([data, scales])
     remove_unused_initializer(model, base)
     ensure_opset(model, MS_DOMAIN, 1)
-    cos = row_cosines(table, (q * scale).reshape(rows, width))
+    stored = numpy_helper.to_array(scales).astype(np.float32).reshape(scale.shape)  # fp16 rounding included
+    cos = row_cosines(table, (q * stored).reshape(rows, width))
     return {"node": node_name, "module": module_path(node), "op": "com.microsoft.GatherBlockQuantized",
             "bits": 8, "block_size": block, "scheme": "symmetric int8 (uint8 + default zero point 128), "
-                                                      "fp32 scale per row block",
+                                                      "one scale per row block",
+            "scales": FP16_SCALES if scales_dtype == "fp16" else "fp32",
             "rows": rows, "width": width, "row_cosine_mean": round(float(cos.mean()), 6),
             "row_cosine_min": round(float(cos.min()), 6)}
 
@@ -77,7 +84,8 @@ def _table(model: onnx.ModelProto, options: dict) -> dict | None:
     node = word_embedding_gather(model)
     if node is None:
         return None
-    return quantize_table_8bit(model, node.name, options.get("embedding_block_size", 128))
+    return quantize_table_8bit(model, node.name, options.get("embedding_block_size", 128),
+                               scales_dtype=options.get("embedding_scales", "fp32"))
 
 
 def _table_4bit(model: onnx.ModelProto, table: onnx.NodeProto, gathers: Sequence[str],
@@ -121,18 +129,20 @@ FP16_SCALES = "fp16 (the gather gives fp16, cast to fp32 after it)"
 
 
 def fp16_scales(gather: onnx.NodeProto, scales: onnx.TensorProto) -> onnx.NodeProto:
-    """A 4-bit ``GatherBlockQuantized``'s scales stored as fp16, in place: the op then gives fp16
+    """A ``GatherBlockQuantized``'s scales stored as fp16, in place: the op then gives fp16
     rows, so its output is renamed and the returned Cast (insert it after ``gather``) gives the
-    old output name fp32 rows. Half the scales' bytes, so a table in blocks of 32 costs what
+    old output name fp32 rows. Half the scales' bytes, so a 4-bit table in blocks of 32 costs what
     blocks of 64 cost with fp32 scales (4.5 bits per weight either way; 4.625 against 4.5625 with
-    uint4 zero points); fp16 rounds each scale by at most 2**-11 of itself, against 4-bit steps of
-    1/15 of the block's range. Scales outside fp16's normal range are refused, not rounded away."""
+    uint4 zero points), an 8-bit one in blocks of 32 8.5 bits (GGUF Q8_0's layout); fp16 rounds
+    each scale by at most 2**-11 of itself. Scales outside fp16's normal range are refused, not
+    rounded away."""
     full = numpy_helper.to_array(scales).astype(np.float32)
-    half = full.astype(np.float16)
+    with np.errstate(over="ignore"):  # an overflow is refused below, not warned about
+        half = full.astype(np.float16)
     nonzero = full != 0
     if not np.isfinite(half).all() or (np.abs(half[nonzero].astype(np.float32) - full[nonzero])
                                        > 2.0 ** -10 * np.abs(full[nonzero])).any():
-        raise CompileError("the 4-bit table's scales do not fit fp16 (embedding_scales=fp16)",
+        raise CompileError("the table's scales do not fit fp16 (embedding_scales=fp16)",
                            "pass --option int4.embedding_scales=fp32")
     scales.CopyFrom(numpy_helper.from_array(half, scales.name))
     output = gather.output[0]

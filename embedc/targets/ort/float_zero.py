@@ -28,6 +28,7 @@ from onnx import helper, numpy_helper
 
 from ...int4.grid import SCHEME, grid_record, minmax_codes
 from ...onnxkit.graph import MS_DOMAIN, ensure_opset, initializer_map, remove_unused_initializer
+from .half_scales import folded_initializers
 
 FP32_ACTIVATIONS = 1  # MatMulNBits accuracy_level: fp32 activations, as with fp32 zero points
 FORM = "MatMulNBits(x, codes, scales) + (x @ block_sums) @ offsets, offsets = (8 - zero point) * scale"
@@ -123,9 +124,9 @@ def zero_point_kind(options: dict) -> str:
 def dequantized_weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     """MatMul name -> the [K, N] weight each 4-bit ``MatMulNBits`` of ``model`` computes with, by
     ORT's formula ``(code - zero point) * scale`` (zero point 8 when absent, packed uint4 or float
-    when given), plus the block-sum form's offsets: to compare a written artifact with the weights
-    it came from."""
-    inits, out = initializer_map(model), {}
+    when given), plus the block-sum form's offsets, scales and offsets stored fp16 included: to
+    compare a written artifact with the weights it came from."""
+    inits, out = folded_initializers(model), {}
     offsets = {n.name.removesuffix("_offset"): numpy_helper.to_array(inits[n.input[1]])
                for n in model.graph.node if n.op_type == "MatMul" and n.name.endswith("_offset")
                and n.input[1] in inits}

@@ -26,6 +26,7 @@ from ...onnxkit.session import import_quantization, quiet_ort_logs
 from .backend import BLOCK_SIZE_REASON, DEFAULT_INT4_BLOCK
 from .block_quant import _table_4bit, quantize_table_8bit, weight_only_8bit
 from .float_zero import quantize_float_zero, recipe_settings as float_zero_settings, zero_point_kind
+from .half_scales import fp16_linear_scales
 from .int8 import excluded_by_option
 from .search import auto_exclude
 from .sqnr import sqnr
@@ -116,9 +117,12 @@ def quantize_int4(src: Path, dst: Path, *, feeds, input_names: Sequence[str], op
         table = word_embedding_gather(m)
         if options["quantize_embedding"] and table is not None:
             if options["embedding_bits"] == 8:
-                recipe["embedding"] = quantize_table_8bit(m, table.name, options["embedding_block_size"])
+                recipe["embedding"] = quantize_table_8bit(m, table.name, options["embedding_block_size"],
+                                                          scales_dtype=options["embedding_scales"])
             else:
                 m, recipe["embedding"] = _table_4bit(m, table, gathers, options, exact_ids)
+        if options["linear_scales"] == "fp16":
+            recipe["linear_scales"] = fp16_linear_scales(m)
         strip_debug_metadata(m)
         save_model(m, out)
 
@@ -156,4 +160,5 @@ def quantize_int4(src: Path, dst: Path, *, feeds, input_names: Sequence[str], op
         "sensitivity_db": [{"module": paths[n], "node": n, "sqnr_db": round(v, 2)}
                            for n, v in sorted(search["sqnr"].items(), key=lambda kv: kv[1])],
         "embedding": recipe.get("embedding"),
+        "linear_scales": recipe.get("linear_scales", "fp32"),
     }

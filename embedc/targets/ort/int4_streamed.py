@@ -35,6 +35,7 @@ from .backend import BLOCK_SIZE_REASON, DEFAULT_INT4_BLOCK
 from .block_quant import (FP16_SCALES, _block_for, exact_rows_record, fp16_scales, keep_rows_exact,
                           quantize_table_8bit, table_rows)
 from .float_zero import matmulnbits as float_zero_node, recipe_settings as float_zero_settings, zero_point_kind
+from .half_scales import fp16_linear_scales
 from .int8 import excluded_by_option
 
 STREAMED_OPTIONS = {"algorithm": "default", "auto_exclude": 0}  # what the streamed path supports
@@ -98,7 +99,7 @@ def quantize_int4_streamed(src: Path, dst: Path, *, options: dict, exact_ids=())
                         exact_rows = table_rows(inits[node.input[0]], exact_ids, src.parent)
                 else:
                     nodes, tensors, embedding = _table_8bit(node, inits[node.input[0]], src.parent,
-                                                            options["embedding_block_size"])
+                                                            options["embedding_block_size"], options["embedding_scales"])
             else:
                 new_nodes.append(node)
                 continue
@@ -128,6 +129,7 @@ def quantize_int4_streamed(src: Path, dst: Path, *, options: dict, exact_ids=())
             if opset.domain in ("", "ai.onnx") and opset.version < 21:
                 opset.version = 21
         model.ir_version = max(model.ir_version, 10)
+    linear_scales = fp16_linear_scales(model) if options["linear_scales"] == "fp16" else "fp32"
     strip_debug_metadata(model)
     save_model(model, dst, keep=False)
     return {
@@ -148,6 +150,7 @@ def quantize_int4_streamed(src: Path, dst: Path, *, options: dict, exact_ids=())
         "auto_exclude": {"enabled": False},
         "sensitivity_db": [],
         "embedding": embedding,
+        "linear_scales": linear_scales,
     }
 
 
@@ -178,9 +181,9 @@ def _detached(message):
     return copy_
 
 
-def _table_8bit(node: onnx.NodeProto, table: onnx.TensorProto, base: Path, block_size: int):
+def _table_8bit(node: onnx.NodeProto, table: onnx.TensorProto, base: Path, block_size: int, scales_dtype: str):
     """The 8-bit GatherBlockQuantized table (block_quant's recipe) on a one-node model."""
     graph = helper.make_graph([copy.deepcopy(node)], "table", [], [], initializer=[_loaded(table, base)])
     mini = helper.make_model(graph)
-    record = quantize_table_8bit(mini, node.name, block_size)
+    record = quantize_table_8bit(mini, node.name, block_size, scales_dtype=scales_dtype)
     return [_detached(n) for n in mini.graph.node], [_detached(t) for t in mini.graph.initializer], record
