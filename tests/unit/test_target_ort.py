@@ -250,8 +250,8 @@ def test_int8_table_with_fp16_scales_gives_the_same_rows_in_fewer_bytes(build, s
     assert res32.recipe["bytes"] - res.recipe["bytes"] == pytest.approx(scale_bytes / 2, rel=0.01)
 
 
-@pytest.mark.parametrize("form", [{}, {"is_symmetric": False}, {"is_symmetric": False, "zero_points": "float"}],
-                         ids=["symmetric", "uint4-zero-points", "block-sum"])
+@pytest.mark.parametrize("form", [{}, {"is_symmetric": False, "zero_points": "float"}],
+                         ids=["symmetric", "block-sum"])  # (uint4 zero points: the symmetric path's code)
 def test_int4_linear_scales_fp16_store_the_same_weights_in_fewer_bytes(build, scaled_eval, form):
     """linear_scales=fp16: every 4-bit MatMulNBits's scales (and the block-sum form's offsets) are
     stored fp16 and cast back on the initializer; the weights ORT computes with move by a small
@@ -274,9 +274,10 @@ def test_int4_linear_scales_fp16_store_the_same_weights_in_fewer_bytes(build, sc
     for name, w in theirs.items():
         step = np.abs(w).max() / 7
         assert 0 < np.abs(ours[name] - w).max() < step / 40, name
+    # tensor bytes, not file bytes: on this tiny model (12 Linears of width 32) the Casts cost about as much
     stored = [sum(len(t.raw_data) for t in m.graph.initializer) for m in (model, _graph(out32, res32))]
-    assert stored[1] - stored[0] == res.recipe["linear_scales"]["bytes_saved"] > 0  # (the Casts' protos cost
-    assert res32.recipe["linear_scales"] == "fp32"  # about as much on this tiny model: 12 Linears of width 32)
+    assert stored[1] - stored[0] == res.recipe["linear_scales"]["bytes_saved"] > 0
+    assert res32.recipe["linear_scales"] == "fp32"
     batches, _ = scaled_eval
     ours, theirs = (embed(BACKEND.load(o, {"model_file": r.model_file}, threads=1), batches)
                     for o, r in ((out, res), (out32, res32)))
