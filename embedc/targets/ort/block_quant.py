@@ -25,6 +25,7 @@ from ...onnxkit.graph import (MS_DOMAIN, ensure_opset, initializer_map, remove_u
 from ...onnxkit.metrics import row_cosines
 from ...onnxkit.scopes import module_path
 from ...onnxkit.session import import_quantization, quiet_ort_logs
+from .half_scales import fp16_or_refuse
 
 
 def _block_for(width: int, block_size: int) -> int:
@@ -137,13 +138,8 @@ def fp16_scales(gather: onnx.NodeProto, scales: onnx.TensorProto) -> onnx.NodePr
     each scale by at most 2**-11 of itself. Scales outside fp16's normal range are refused, not
     rounded away."""
     full = numpy_helper.to_array(scales).astype(np.float32)
-    with np.errstate(over="ignore"):  # an overflow is refused below, not warned about
-        half = full.astype(np.float16)
-    nonzero = full != 0
-    if not np.isfinite(half).all() or (np.abs(half[nonzero].astype(np.float32) - full[nonzero])
-                                       > 2.0 ** -10 * np.abs(full[nonzero])).any():
-        raise CompileError("the table's scales do not fit fp16 (embedding_scales=fp16)",
-                           "pass --option int4.embedding_scales=fp32")
+    half = fp16_or_refuse(full, 2.0 ** -10 * np.abs(full), "the table's scales do not fit fp16 (embedding_scales=fp16)",
+                          "pass --option int4.embedding_scales=fp32")
     scales.CopyFrom(numpy_helper.from_array(half, scales.name))
     output = gather.output[0]
     gather.output[0] = output + "_fp16"

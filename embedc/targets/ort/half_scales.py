@@ -28,13 +28,18 @@ OFFSET_TOLERANCE = 2.0 ** -7  # of the block's scale (one 4-bit step)
 HINT = "pass --option int4.linear_scales=fp32"
 
 
-def _half(values: np.ndarray, limit: np.ndarray, what: str) -> np.ndarray:
+def fp16_or_refuse(values: np.ndarray, limit: np.ndarray, message: str, hint: str) -> np.ndarray:
+    """``values`` as fp16, or CompileError(message, hint) if one overflows or moves by more than ``limit``."""
     with np.errstate(over="ignore"):  # an overflow is refused below, not warned about
         half = values.astype(np.float16)
     moved = np.abs(half.astype(np.float32) - values)
     if not np.isfinite(half).all() or (moved > limit).any():
-        raise CompileError(f"{what} does not fit fp16 (linear_scales=fp16)", HINT)
+        raise CompileError(message, hint)
     return half
+
+
+def _half(values: np.ndarray, limit: np.ndarray, what: str) -> np.ndarray:
+    return fp16_or_refuse(values, limit, f"{what} does not fit fp16 (linear_scales=fp16)", HINT)
 
 
 def _store_half(graph: onnx.GraphProto, consumer: onnx.NodeProto, tensor: onnx.TensorProto,
