@@ -34,6 +34,12 @@ KEEP_18 = ("attention.self.value", "attention.output.dense", "layer.0.intermedia
            "layer.3.intermediate.dense", "layer.4.intermediate.dense", "layer.0.output.dense")
 
 FR1000_KEEP = {**FR200, "iters": 1000, "nsamples": 128, "exclude": list(KEEP_18)}
+# the same script with --linear-scales fp16 (every Linear's scales and the table's stored fp16: 0.5 bit a
+# weight less), the table at 4.5 bits (block 32) / 4.25 (block 64): 19 / 21 Linears fit the 18% budget
+KEEP_18_FP16 = ("layer.5.attention.self.key", *KEEP_18[:4], "layer.1.intermediate.dense", *KEEP_18[4:],
+                "layer.5.output.dense")
+KEEP_18_FP16_T64 = ("layer.3.attention.self.query", *KEEP_18_FP16, "layer.4.output.dense")
+HALF = {"linear_scales": "fp16", "embedding_scales": "fp16", "accuracy_level": 0}
 
 # variant -> [(target, int4 options)]
 VARIANTS: dict[str, list[tuple[str, dict]]] = {
@@ -79,6 +85,11 @@ VARIANTS: dict[str, list[tuple[str, dict]]] = {
     # longer AutoRound (1000 steps, 128 windows; auto-round's "best" recipe uses 1000)
     "autoround-fr1000-keep": [("ort-cpu-avx2", FR1000_KEEP)],
     "autoround-fr1000-keep-acc0": [("ort-cpu-avx2", {**FR1000_KEEP, "accuracy_level": 0})],
+    # fp16 scales, and the size they free spent on more Linears kept 8-bit (the spec's since 2026-12-03: t64)
+    "autoround-fr1000-keep19-fp16": [("ort-cpu-avx2", {**FR1000_KEEP, **HALF, "exclude": list(KEEP_18_FP16),
+                                                       "embedding_block_size": 32})],
+    "autoround-fr1000-keep21-fp16-t64": [("ort-cpu-avx2", {**FR1000_KEEP, **HALF, "exclude": list(KEEP_18_FP16_T64),
+                                                           "embedding_block_size": 64})],
     # the same with embedc's AutoRound defaults (positive scales, 128 x 64 tokens): every backend
     "autoround-keep": [(t, {"algorithm": "autoround", "exclude": list(KEEP_18)})
                        for t in ("ort-cpu-avx2", "openvino-cpu", "tensorrt-sm90")],

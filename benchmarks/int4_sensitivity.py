@@ -1,15 +1,16 @@
 """Which Linears to keep out of 4 bits under a size budget, judged on the calibration split.
 
     PYTHONPATH=. .venv/bin/python benchmarks/int4_sensitivity.py [--model all-minilm-l6-v2]
-        [--budget 0.18] [--calib-per-lang 8] [--max-length 256]
+        [--budget 0.18] [--calib-per-lang 8] [--max-length 256] [--linear-scales fp16]
 
 For each Linear of the torch FP32 embedder alone, its weight is rounded to 4 bits
 (symmetric, block 32 along the input, round to nearest: ORT's default) and the
 calibration texts are embedded again; the loss is 1 - mean cosine to the FP32
 embeddings. Linears are then taken greedily by loss per weight while the artifact
 stays within ``--budget`` of the FP32 size, with the size estimated from the weight
-counts (4-bit Linears at 5 bits per weight with their fp32 block scales, kept ones at
-9, the word-embedding table at 4.5, everything else fp32). Prints the table and the
+counts (4-bit Linears at 5 bits per weight with their fp32 block-32 scales, kept ones at
+9 as 8-bit; 4.5 and 8.5 with ``--linear-scales fp16``; the word-embedding table at 4.5;
+everything else fp32). Prints the table and the
 ``exclude`` patterns for the int4 options (a suffix shared by every layer is one
 pattern). Only the calibration split is read: the evaluation split stays unseen.
 """
@@ -18,7 +19,8 @@ from __future__ import annotations
 import argparse
 import re
 
-BITS_4, BITS_8, BITS_TABLE = 5.0, 9.0, 4.5
+BITS_TABLE = 4.5
+SCALE_BITS = {"fp32": 32, "fp16": 16}  # one scale per block of 32 weights
 
 
 def rtn_4bit(w, block: int = 32):
@@ -63,7 +65,10 @@ def main() -> None:
     ap.add_argument("--eval-per-lang", type=int, default=16, help="only to cut the same splits as the build")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-length", type=int, default=256)
+    ap.add_argument("--linear-scales", choices=sorted(SCALE_BITS), default="fp32",
+                    help="the 4-bit Linears' scale storage (the ORT int4 option linear_scales)")
     args = ap.parse_args()
+    bits_4, bits_8 = (b + SCALE_BITS[args.linear_scales] / 32 for b in (4.0, 8.0))
 
     source = resolve_model(args.model)
     embedder, tokenizer, _ = load_embedder(source)
@@ -94,14 +99,14 @@ def main() -> None:
         print(f"{name:50s} loss {loss[name]:.5f}", flush=True)
 
     fp32_bits = 32.0 * (table + others + sum(m.weight.numel() for m in linears.values()))
-    bits = BITS_TABLE * table + 32.0 * others + BITS_4 * sum(m.weight.numel() for m in linears.values())
+    bits = BITS_TABLE * table + 32.0 * others + bits_4 * sum(m.weight.numel() for m in linears.values())
     chosen: set[str] = set()
     for name in sorted(loss, key=lambda n: -loss[n] / linears[n].weight.numel()):
-        extra = (BITS_8 - BITS_4) * linears[name].weight.numel()
+        extra = (bits_8 - bits_4) * linears[name].weight.numel()
         if (bits + extra) / fp32_bits <= args.budget:
             bits += extra
             chosen.add(name)
-    print(f"\nall 4-bit: {(bits - (BITS_8 - BITS_4) * sum(linears[n].weight.numel() for n in chosen)) / fp32_bits:.3f} "
+    print(f"\nall 4-bit: {(bits - (bits_8 - bits_4) * sum(linears[n].weight.numel() for n in chosen)) / fp32_bits:.3f} "
           f"of FP32; with {len(chosen)} Linears kept 8-bit: {bits / fp32_bits:.3f} (estimated)")
     print(f"sum of the kept Linears' losses {sum(loss[n] for n in chosen):.5f} of {sum(loss.values()):.5f}")
     print("exclude =", [*patterns(list(linears), chosen)])

@@ -250,20 +250,24 @@ def test_int8_table_with_fp16_scales_gives_the_same_rows_in_fewer_bytes(build, s
     assert res32.recipe["bytes"] - res.recipe["bytes"] == pytest.approx(scale_bytes / 2, rel=0.01)
 
 
-@pytest.mark.parametrize("form", [{}, {"is_symmetric": False, "zero_points": "float"}],
-                         ids=["symmetric", "block-sum"])  # (uint4 zero points: the symmetric path's code)
+@pytest.mark.parametrize("form", [{"exclude": ["intermediate.dense"]}, {"is_symmetric": False, "zero_points": "float"}],
+                         ids=["symmetric-some-8bit", "block-sum"])  # (uint4 zero points: the symmetric path's code)
 def test_int4_linear_scales_fp16_store_the_same_weights_in_fewer_bytes(build, scaled_eval, form):
-    """linear_scales=fp16: every 4-bit MatMulNBits's scales (and the block-sum form's offsets) are
-    stored fp16 and cast back on the initializer; the weights ORT computes with move by a small
-    fraction of a 4-bit step, the embeddings stay those of the fp32-scale artifact, and the stored
-    tensors are smaller by half those tensors' bytes."""
+    """linear_scales=fp16: every MatMulNBits's scales, 4-bit and the 8-bit ones kept out of 4 bits
+    (and the block-sum form's offsets), are stored fp16 and cast back on the initializer; the weights
+    ORT computes with move by a small fraction of a step, the embeddings stay those of the fp32-scale
+    artifact, and the stored tensors are smaller by half those tensors' bytes."""
     out, res = build("ort-cpu-avx2", "int4", linear_scales="fp16", **form)
     out32, res32 = build("ort-cpu-avx2", "int4", **form)
     model = _graph(out, res)
     inits = initializer_map(model)
     casts = {n.output[0]: n for n in model.graph.node if n.op_type == "Cast"}
     nbits = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
+    bits = {n.output[0]: {a.name: a.i for a in n.attribute}["bits"] for n in nbits}
     assert nbits and res.recipe["linear_scales"]["nodes"] == len(nbits)
+    eight = sum(b == 8 for b in bits.values())
+    assert res.recipe["linear_scales"]["nodes_8bit"] == eight == len(res.recipe["excluded"])
+    assert eight > 0 if "exclude" in form else eight == 0
     for n in nbits:
         assert n.input[2] not in inits and inits[casts[n.input[2]].input[0]].data_type == onnx.TensorProto.FLOAT16
     offsets = [n for n in model.graph.node if n.name.endswith("_offset")]
@@ -271,9 +275,14 @@ def test_int4_linear_scales_fp16_store_the_same_weights_in_fewer_bytes(build, sc
     assert all(inits[casts[n.input[1]].input[0]].data_type == onnx.TensorProto.FLOAT16 for n in offsets)
     ours, theirs = dequantized_weights(model), dequantized_weights(_graph(out32, res32))
     assert set(ours) == set(theirs) and ours
-    for name, w in theirs.items():
-        step = np.abs(w).max() / 7
-        assert 0 < np.abs(ours[name] - w).max() < step / 40, name
+    moved = {}
+    for node in nbits:
+        name = node.name.rsplit("_Q", 1)[0]
+        w = theirs[name]
+        step = np.abs(w).max() / (7 if bits[node.output[0]] == 4 else 127)
+        moved[name] = np.abs(ours[name] - w).max() / step
+        assert 0 < moved[name] < (1 / 40 if bits[node.output[0]] == 4 else 1 / 10), (name, moved[name])
+    assert set(moved) == set(theirs)
     # tensor bytes, not file bytes: on this tiny model (12 Linears of width 32) the Casts cost about as much
     stored = [sum(len(t.raw_data) for t in m.graph.initializer) for m in (model, _graph(out32, res32))]
     assert stored[1] - stored[0] == res.recipe["linear_scales"]["bytes_saved"] > 0

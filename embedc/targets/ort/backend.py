@@ -113,7 +113,7 @@ SCHEMA: dict[str, dict[str, opt.Option]] = {
              "accuracy_level": opt.choice(4, (0, 1, 2, 3, 4)), "quantize_embedding": opt.flag(True),
              "embedding_bits": opt.choice(4, (4, 8)), "embedding_block_size": opt.integer(64, power_of_two=True),
              "embedding_scales": opt.choice("fp32", ("fp32", "fp16")),  # the table's
-             "linear_scales": opt.choice("fp32", ("fp32", "fp16")),  # the 4-bit MatMulNBits' (half_scales.py)
+             "linear_scales": opt.choice("fp32", ("fp32", "fp16")),  # every MatMulNBits' (half_scales.py)
              "exact_template_rows": opt.flag(True),
              "exclude": opt.patterns(), "gptq_samples": opt.integer(32, lo=1), "auto_exclude": _auto_exclude(0),
              "target_mean": opt.number(0.99, **_TARGET_COSINE), "target_min": opt.number(0.97, **_TARGET_COSINE),

@@ -122,28 +122,32 @@ def zero_point_kind(options: dict) -> str:
 
 
 def dequantized_weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """MatMul name -> the [K, N] weight each 4-bit ``MatMulNBits`` of ``model`` computes with, by
-    ORT's formula ``(code - zero point) * scale`` (zero point 8 when absent, packed uint4 or float
-    when given), plus the block-sum form's offsets, scales and offsets stored fp16 included: to
-    compare a written artifact with the weights it came from."""
+    """MatMul name -> the [K, N] weight each 4- or 8-bit ``MatMulNBits`` of ``model`` computes with,
+    by ORT's formula ``(code - zero point) * scale`` (zero point 8 or 128 when absent, packed codes
+    or float when given), plus the block-sum form's offsets, scales and offsets stored fp16
+    included: to compare a written artifact with the weights it came from."""
     inits, out = folded_initializers(model), {}
     offsets = {n.name.removesuffix("_offset"): numpy_helper.to_array(inits[n.input[1]])
                for n in model.graph.node if n.op_type == "MatMul" and n.name.endswith("_offset")
                and n.input[1] in inits}
     for n in (n for n in model.graph.node if n.op_type == "MatMulNBits"):
         a = {x.name: x.i for x in n.attribute}
-        if a["bits"] != 4:
+        bits = a["bits"]
+        if bits not in (4, 8):
             continue
         k, cols, bs = a["K"], a["N"], a["block_size"]
-        name = n.name.removesuffix("_Q4")
-        packed = numpy_helper.to_array(inits[n.input[1]])
-        codes = np.stack([packed & 15, packed >> 4], -1).reshape(cols, -1, bs).astype(np.float32)
+        name = n.name.removesuffix(f"_Q{bits}")
+
+        def unpacked(u: np.ndarray) -> np.ndarray:  # 4 bits: two codes a byte, the low nibble first
+            return np.stack([u & 15, u >> 4], -1) if bits == 4 else u
+
+        codes = unpacked(numpy_helper.to_array(inits[n.input[1]])).reshape(cols, -1, bs).astype(np.float32)
         scale = numpy_helper.to_array(inits[n.input[2]]).astype(np.float32).reshape(cols, -1)
-        zero = np.full(scale.shape, 8.0, np.float32)
+        zero = np.full(scale.shape, 2.0 ** (bits - 1), np.float32)
         if len(n.input) > 3 and n.input[3]:
             z = numpy_helper.to_array(inits[n.input[3]])
             zero = (z.astype(np.float32).reshape(cols, -1) if z.dtype != np.uint8 else
-                    np.stack([z & 15, z >> 4], -1).reshape(cols, -1)[:, :codes.shape[1]].astype(np.float32))
+                    unpacked(z).reshape(cols, -1)[:, :codes.shape[1]].astype(np.float32))
         w = (codes - zero[..., None]) * scale[..., None]
         if name in offsets:  # the block-sum form: each block's weights shifted by its offset
             w = w + offsets[name].T[..., None]

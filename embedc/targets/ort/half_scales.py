@@ -1,7 +1,8 @@
-"""fp16 storage for the 4-bit Linears' scales (the ORT int4 option ``linear_scales="fp16"``).
+"""fp16 storage for the int4 artifact's Linear scales (the ORT int4 option ``linear_scales="fp16"``).
 
-``MatMulNBits`` takes its scales in the activations' type, fp32 here. Each 4-bit node's scales
-(and, in the block-sum form of :mod:`.float_zero`, its offsets) are stored as fp16 and cast back
+``MatMulNBits`` takes its scales in the activations' type, fp32 here. Each node's scales, the
+4-bit Linears' and the 8-bit ones kept out of 4 bits (``exclude``), and in the block-sum form of
+:mod:`.float_zero` the offsets, are stored as fp16 and cast back
 by a ``Cast`` on the initializer, which ORT's constant folding evaluates once when the session is
 created: the file holds half the bytes, the kernel gets an fp32 input as before. Measured on
 SmolLM2-135M int4 (block-sum form, AVX2 CPU): 97.16 -> 83.93 MB, the embeddings equal to 2.7e-6,
@@ -9,7 +10,8 @@ the same batch-32 throughput (benchmarks/int4_recipes.md). With ORT's graph opti
 Casts run on every call instead, with the same outputs (checked).
 
 fp16 rounds a scale by at most 2**-11 of itself, so a weight ``(code - zero) * scale`` moves by at
-most 15 * 2**-11 of a 4-bit step; an offset (``8 * scale + minimum``) moves by at most 2**-11 of
+most 15 * 2**-11 of a 4-bit step (127 * 2**-11 = 0.06 of an 8-bit step, against the 0.5 step of
+the 8-bit rounding itself); an offset (``8 * scale + minimum``) moves by at most 2**-11 of
 itself, which on SmolLM2's Q4_1 weights was 0 for all but 2 of 3.3 million blocks (0.003 of a step
 for those). A scale moved by more than 2**-10 of itself or an offset by more than 2**-7 of its
 block's step (outside fp16's normal range) is refused, not rounded away.
@@ -53,20 +55,21 @@ def _store_half(graph: onnx.GraphProto, consumer: onnx.NodeProto, tensor: onnx.T
 
 
 def fp16_linear_scales(model: onnx.ModelProto) -> dict:
-    """Every 4-bit ``MatMulNBits``'s scales, and the block-sum offsets beside them, stored as fp16,
-    in place (see the module docstring); returns what the recipe records."""
+    """Every 4- and 8-bit ``MatMulNBits``'s scales, and the block-sum offsets beside them, stored as
+    fp16, in place (see the module docstring); returns what the recipe records."""
     graph, inits = model.graph, initializer_map(model)
     offsets = {n.name.removesuffix("_offset"): n for n in graph.node
                if n.op_type == "MatMul" and n.name.endswith("_offset") and n.input[1] in inits}
-    count, saved = 0, 0
+    count, saved = {4: 0, 8: 0}, 0
     for node in [n for n in graph.node if n.op_type == "MatMulNBits"]:
         attrs = {a.name: a.i for a in node.attribute}
         scales = inits.get(node.input[2])
-        if attrs["bits"] != 4 or scales is None or scales.data_type != onnx.TensorProto.FLOAT:
+        if attrs["bits"] not in count or scales is None or scales.data_type != onnx.TensorProto.FLOAT:
             continue
         full = numpy_helper.to_array(scales)
         _store_half(graph, node, scales, _half(full, SCALE_TOLERANCE * np.abs(full), f"{node.name}'s scales"))
-        count, saved = count + 1, saved + 2 * full.size
+        count[attrs["bits"]] += 1
+        saved += 2 * full.size
         offset_node = offsets.get(node.name.removesuffix("_Q4"))
         if offset_node is not None:  # offsets [blocks, N]; the scales are [N * blocks]
             off = inits[offset_node.input[1]]
@@ -75,7 +78,7 @@ def fp16_linear_scales(model: onnx.ModelProto) -> dict:
             _store_half(graph, offset_node, off,
                         _half(values, OFFSET_TOLERANCE * np.abs(step), f"{offset_node.name}'s offsets"))
             saved += 2 * values.size
-    return {"dtype": "fp16", "nodes": count, "bytes_saved": saved,
+    return {"dtype": "fp16", "nodes": count[4] + count[8], "nodes_8bit": count[8], "bytes_saved": saved,
             "how": "stored fp16, a Cast to fp32 on each (ORT folds it when the session is created)",
             "tolerance": "a scale within 2**-10 of itself, an offset within 2**-7 of its block's scale, else refused"}
 
