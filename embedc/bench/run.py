@@ -50,6 +50,16 @@ def _size_mb(folder: Path) -> float:
     return sum((Path(folder) / f).stat().st_size for f in backend.model_files(Path(folder), meta)) / 1e6
 
 
+def artifact_names(artifacts: list[Path]) -> list[str]:
+    """Each artifact's row name, target/precision; where two builds share one (the same pair
+    built with different options), the folder is added so the rows can be told apart."""
+    names = []
+    for a in artifacts:
+        meta = read_meta(a)
+        names.append(f"{meta.get('target') or 'reference'}/{meta['precision']}")
+    return [f"{n} ({a})" if names.count(n) > 1 else n for n, a in zip(names, artifacts)]
+
+
 def run_bench(artifacts: list[Path], *, model: str | None = None, threads: int | None = None,
               batch_size: int = 32, repeats: int = 5, max_length: int = 256,
               extra: list[dict] | None = None) -> dict:
@@ -76,12 +86,10 @@ def run_bench(artifacts: list[Path], *, model: str | None = None, threads: int |
             base = _run(["--kind", "torch", "--path", str(model)], **common)
             on_disk = sum(p.stat().st_size for p in Path(model).glob("*.safetensors")) / 1e6
             rows.append({"name": "torch-fp32", **base, "size_mb": on_disk or base.get("weights_mb", 0.0)})
-        for a in artifacts:
-            meta = read_meta(a)
-            name = f"{meta.get('target') or 'reference'}/{meta['precision']}"
+        for a, name in zip(artifacts, artifact_names(artifacts)):
             log.info("bench: %s", name)
             rows.append({"name": name, **_run(["--kind", "artifact", "--path", str(a)], **common),
-                         "size_mb": _size_mb(Path(a))})
+                         "size_mb": _size_mb(Path(a)), "path": str(a)})
         for e in extra or []:
             log.info("bench: %s", e["name"])
             rows.append({"name": e["name"], **_run(["--kind", e["kind"], "--tokenizer", e["tokenizer"],

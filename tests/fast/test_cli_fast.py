@@ -136,3 +136,18 @@ def test_targets_lists_registered_backends():
     r = run("targets", "--json")
     names = {t["name"] for t in json.loads(r.output)}
     assert {"fake-cpu", "ort-cpu", "openvino-cpu", "tensorrt-sm90"} <= names
+
+
+def test_bench_rows_of_two_builds_of_one_pair_are_told_apart(tmp_path):
+    from embedc.artifact import write_meta
+    from embedc.bench.run import artifact_names
+
+    folders = []
+    for build, target, precision in [("a", "openvino-cpu", "int8-static"), ("b", "openvino-cpu", "int8-static"),
+                                     ("a", "openvino-cpu", "fp32")]:
+        folder = tmp_path / build / target / precision
+        folder.mkdir(parents=True)
+        write_meta(folder, {"target": target, "precision": precision})
+        folders.append(folder)
+    assert artifact_names(folders) == [f"openvino-cpu/int8-static ({folders[0]})",
+                                       f"openvino-cpu/int8-static ({folders[1]})", "openvino-cpu/fp32"]
