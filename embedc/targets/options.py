@@ -77,11 +77,10 @@ def number(default: float | None, *, lo: float | None = None, hi: float | None =
     return Option(default, parse, hint)
 
 
-def number_or_numbers(default: float, *, lo: float, hi: float) -> Option:
-    """One number, or a list of distinct candidates (a tuple; the recipe chooses among them).
-    A one-element list is that number."""
-    one = number(default, lo=lo, hi=hi)
-    hint = f"{one.hint}, or a list of distinct such numbers (e.g. [0.85, 1.0])"
+def one_or_many(one: Option, example: str, *, alone: Sequence[str] = ()) -> Option:
+    """One value of ``one``, or a list of distinct candidates (a tuple; the recipe chooses among
+    them). A one-element list is that value; the words in ``alone`` (e.g. ``auto``) are never candidates."""
+    hint = f"{one.hint}, or a list of distinct such values (e.g. {example})"
 
     def parse(v):
         if not isinstance(v, (list, tuple)):
@@ -93,10 +92,15 @@ def number_or_numbers(default: float, *, lo: float, hi: float) -> Option:
             values = tuple(one(x) for x in v)
         except Invalid:
             raise Invalid(f"use {hint}") from None
-        if not values or len(set(values)) != len(values):
+        if not values or len(set(values)) != len(values) or (len(values) > 1 and set(values) & set(alone)):
             raise Invalid(f"use {hint}")
         return values[0] if len(values) == 1 else values
-    return Option(default, parse, hint)
+    return Option(one.default, parse, hint)
+
+
+def number_or_numbers(default: float, *, lo: float, hi: float) -> Option:
+    """One number, or a list of distinct candidates."""
+    return one_or_many(number(default, lo=lo, hi=hi), "[0.85, 1.0]")
 
 
 def choice(default, values: Sequence) -> Option:

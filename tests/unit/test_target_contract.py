@@ -127,11 +127,13 @@ def test_resolving_options_imports_no_backend_library():
 
 
 # ---- cache facts: machine-dependent choices are in the key (defect 6) -------------------------
-@pytest.mark.parametrize("flags, fix", [({"avx2", "fma"}, "enable"), ({"avx2", "avx512_vnni"}, "disable"),
-                                        ({"avx2", "avx_vnni"}, "disable"), ({"amx_int8"}, "disable")])
+@pytest.mark.parametrize("flags, fix", [({"avx2", "fma"}, "enable|first_layer_only"),
+                                        ({"avx2", "avx512_vnni"}, "disable"), ({"avx2", "avx_vnni"}, "disable"),
+                                        ({"amx_int8"}, "disable")])
 def test_openvino_overflow_fix_is_a_cache_fact(monkeypatch, flags, fix):
-    """AVX2-only CPUs saturate u8*s8 in VPMADDUBSW, so NNCF's overflow fix is on there only, and
-    the choice is part of the artifact's cache key: a VNNI-tuned IR is never served to an AVX2 host."""
+    """AVX2-only CPUs saturate u8*s8 in VPMADDUBSW, so NNCF's overflow fix is judged there only (on
+    every layer, and on the first layer only), and the choice is part of the artifact's cache key:
+    a VNNI-tuned IR is never served to an AVX2 host."""
     from embedc.targets.openvino import backend as ov_backend
     from embedc.targets import host
 
@@ -143,7 +145,8 @@ def test_openvino_overflow_fix_is_a_cache_fact(monkeypatch, flags, fix):
     assert facts["overflow_fix"] == fix and facts["vnni"] == bool(set(flags) & host.VNNI_FLAGS)
     assert b.cache_facts(t, "int8-static", {"overflow_fix": "enable"})["overflow_fix"] == "enable"
     assert b.cache_facts(get_target("openvino-gpu"), "int8-static", {})["overflow_fix"] == "disable"
-    assert ov_backend.overflow_fix_choice("CPU", "auto")[0] == fix
+    assert ov_backend.overflow_fix_candidates("CPU", "auto")[0] == tuple(fix.split("|"))
+    assert b.cache_facts(t, "int8-static", {"overflow_fix": ["disable", "enable"]})["overflow_fix"] == "disable|enable"
 
 
 def test_ort_cache_facts_name_the_kernels_parity_ran_on(monkeypatch):

@@ -12,6 +12,7 @@ import pytest
 
 from embedc.errors import MissingDependencyError, TargetError
 from embedc.targets.openvino import shapes
+from embedc.targets.openvino import backend as ov_backend
 from embedc.targets.openvino.backend import BACKEND, PRECISIONS, TARGETS, WEIGHTS
 from helpers import compile_once, cosines, embed, floor_of, meets_floor
 
@@ -66,7 +67,11 @@ def test_int8_static_has_fake_quantize_and_int8_table(build):
     assert fq, "no FakeQuantize nodes in the int8-static IR"
     assert "i8" in _const_types(model)
     assert res.recipe["ir"]["embedding_table"]["dtype"] == "i8"  # the 250k-row table is quantized too
-    assert res.recipe["overflow_fix"] in ("enable", "disable") and res.recipe["overflow_fix_reason"]
+    # the build CPU's candidates reach nncf.quantize: disable with VNNI; without it, both fixes judged
+    fixes = ov_backend.overflow_fix_candidates("CPU", "auto")[0]
+    assert res.recipe["overflow_fix"] in fixes and res.recipe["overflow_fix_reason"].startswith("build CPU")
+    searched = res.recipe.get("calibration_search", {"trials": [{"overflow_fix": fixes[0]}]})
+    assert tuple(t["overflow_fix"] for t in searched["trials"]) == fixes
     fp32_out, _ = build("openvino-cpu", "fp32")
     assert (out / WEIGHTS).stat().st_size < 0.3 * (fp32_out / WEIGHTS).stat().st_size
 
@@ -356,7 +361,9 @@ def test_a_large_reference_runs_int8_static_through_mapped_steps_with_the_same_r
     mapped = BACKEND.compile(TARGET["openvino-cpu"], "int8-static",
                              dataclasses.replace(scaled_context, work_dir=work), tmp_path / "mapped")
     assert "read back memory-mapped" in mapped.recipe["run"] and "memory-mapped" not in res.recipe["run"]
-    assert (work / "nncf-steps" / "step0.bin").is_file()
+    # without VNNI the default judges two overflow fixes, each candidate through its own steps
+    steps = "nncf-steps-0" if "calibration_search" in res.recipe else "nncf-steps"
+    assert (work / steps / "step0.bin").is_file()
     assert (tmp_path / "mapped" / WEIGHTS).read_bytes() == (out / WEIGHTS).read_bytes()
 
 
@@ -407,21 +414,52 @@ def test_a_list_of_smooth_quant_alphas_keeps_the_candidate_best_on_the_calibrati
     (the same bytes as a build with that alpha alone), and its own calibration cosine is the
     winner's recorded one, not the last candidate's."""
     from embedc.onnxkit.metrics import cosine_stats
-    from embedc.targets.openvino.alpha_search import reference_embeddings
     from embedc.targets.openvino.backend import _calibration_rows
+    from embedc.targets.openvino.calibration_search import reference_embeddings
 
-    candidates = [1.0, 0.3]
-    out, res = build("openvino-cpu", "int8-static", smooth_quant_alpha=candidates)
-    search = res.recipe["alpha_search"]
-    trials = {t["alpha"]: t for t in search["trials"]}
-    assert list(trials) == candidates and search["candidates"] == candidates
+    alphas = [1.0, 0.3]
+    out, res = build("openvino-cpu", "int8-static", smooth_quant_alpha=alphas, overflow_fix="disable")
+    search = res.recipe["calibration_search"]
+    trials = {t["smooth_quant_alpha"]: t for t in search["trials"]}
+    assert list(trials) == alphas
+    assert search["candidates"] == [{"smooth_quant_alpha": a, "overflow_fix": "disable"} for a in alphas]
     assert trials[1.0]["mean"] != trials[0.3]["mean"]   # the alphas really give different models
-    best = max(candidates, key=lambda a: (trials[a]["mean"], trials[a]["min"]))
-    assert search["chosen"] == best == res.recipe["smooth_quant_alpha_matmul"]
+    best = max(alphas, key=lambda a: (trials[a]["mean"], trials[a]["min"]))
+    assert search["chosen"]["smooth_quant_alpha"] == best == res.recipe["smooth_quant_alpha_matmul"]
     rows = _calibration_rows(scaled_context, ["input_ids", "attention_mask"])
     runner = _load(out, res)
     got = cosine_stats(reference_embeddings(scaled_context.reference_onnx, rows),
                        np.concatenate([runner.embed(r) for r in rows]))
     assert got["mean"] == pytest.approx(trials[best]["mean"], abs=2e-6)
-    alone, _ = build("openvino-cpu", "int8-static", smooth_quant_alpha=best)
+    alone, _ = build("openvino-cpu", "int8-static", smooth_quant_alpha=best, overflow_fix="disable")
     assert (alone / WEIGHTS).read_bytes() == (out / WEIGHTS).read_bytes()
+
+
+def test_a_list_of_overflow_fixes_keeps_the_one_this_cpu_runs_best(build):
+    """The overflow fix's 7-bit weights cost parity where int8 runs on VNNI dot products; on an
+    AVX2-only CPU, u8*s8 pairs saturate VPMADDUBSW's int16 sums, and on this scaled model (Linear
+    weights x10) that costs more than the 7-bit weights do. Judged on the build CPU's calibration
+    texts, the search keeps whichever this CPU runs better, and the artifact is that candidate."""
+    out, res = build("openvino-cpu", "int8-static", overflow_fix=["enable", "disable"])
+    search = res.recipe["calibration_search"]
+    trials = {t["overflow_fix"]: t for t in search["trials"]}
+    assert list(trials) == ["enable", "disable"] and trials["enable"]["mean"] != trials["disable"]["mean"]
+    expected = "disable" if ov_backend.cpu_has_vnni()[0] else "enable"
+    assert max(trials, key=lambda f: trials[f]["mean"]) == expected, trials
+    assert search["chosen"]["overflow_fix"] == expected == res.recipe["overflow_fix"]
+    alone, _ = build("openvino-cpu", "int8-static", overflow_fix=expected)
+    assert (alone / WEIGHTS).read_bytes() == (out / WEIGHTS).read_bytes()
+
+
+@pytest.mark.parametrize("value, resolved", [(["enable", "first_layer_only"], ("enable", "first_layer_only")),
+                                             (["DISABLE"], "disable"), ("auto", "auto")])
+def test_overflow_fix_takes_one_choice_or_distinct_candidates(value, resolved):
+    got = BACKEND.resolve_options(TARGET["openvino-cpu"], "int8-static", {"overflow_fix": value})
+    assert got["overflow_fix"] == resolved
+
+
+@pytest.mark.parametrize("value", [[], ["enable", "enable"], ["auto", "enable"], ["enable", "sometimes"]])
+def test_overflow_fix_refuses_auto_in_a_list_and_repeats(value):
+    with pytest.raises(TargetError, match="overflow_fix") as err:
+        BACKEND.resolve_options(TARGET["openvino-cpu"], "int8-static", {"overflow_fix": value})
+    assert "distinct" in err.value.hint
