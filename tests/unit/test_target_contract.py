@@ -169,6 +169,19 @@ def test_ort_cache_facts_name_the_kernels_parity_ran_on(monkeypatch):
         assert not _unverified(get_target(name), "fp32", {**vnni, "machine": "x86_64"})
 
 
+@pytest.mark.parametrize("vnni", [True, False])
+def test_openvino_int8_static_built_on_a_vnni_host_says_avx2_kernels_were_not_exercised(monkeypatch, vnni):
+    from embedc.targets.openvino import backend as ov_backend
+
+    monkeypatch.setattr(ov_backend, "cpu_has_vnni", lambda: (vnni, "test"))
+    unverified = ov_backend.OpenVINOBackend._unverified
+    got = unverified("CPU", "int8-static", "disable")
+    assert len(got) == vnni and all("AVX2 int8 kernels (no VNNI) not exercised" in u and "without the overflow fix"
+                                    in u for u in got)
+    for precision in ("fp32", "int8-weights", "int4"):   # no FakeQuantize on activations, no overflow fix
+        assert unverified("CPU", precision) == ()
+
+
 # ---- third-party exceptions come out typed, one line (defect 4) -------------------------------
 @pytest.mark.parametrize("target, precision", [("ort-cpu", "int8-static"), ("openvino-cpu", "int8-static"),
                                                ("tensorrt-sm90", "int8")])
