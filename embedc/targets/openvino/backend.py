@@ -299,7 +299,6 @@ def _nncf_quantize(ov, nncf, held: list, rows, ctx, opts, device, smooth_quant_a
     model stays alive meanwhile."""
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
 
-    alpha = smooth_quant_alpha
     fix = _enum(nncf.OverflowFix, overflow_fix)
     preset = _enum(nncf.QuantizationPreset, opts["preset"])
     ignored, ignored_rec = _ignored_scope(nncf, held[0], ctx, opts["exclude"])
@@ -310,11 +309,11 @@ def _nncf_quantize(ov, nncf, held: list, rows, ctx, opts, device, smooth_quant_a
         ov, nncf, held.pop(), nncf.Dataset(rows), scratch=scratch, model_type=nncf.ModelType.TRANSFORMER,
         preset=preset, target_device=target_device, subset_size=len(rows), ignored_scope=ignored,
         advanced_parameters=AdvancedQuantizationParameters(
-            overflow_fix=fix, smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=alpha)))
+            overflow_fix=fix, smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=smooth_quant_alpha)))
     run = "one pipeline step at a time" + (", each step's model saved and read back memory-mapped" if scratch else "")
     recipe = {"call": "nncf.quantize", "run": run, "model_type": "TRANSFORMER", "preset": preset.value,
               "target_device": target_device.value, "calibration_rows": len(rows), "subset_size": len(rows),
-              "smooth_quant_alpha_matmul": alpha, "overflow_fix": fix.value, "overflow_fix_reason": why,
+              "smooth_quant_alpha_matmul": smooth_quant_alpha, "overflow_fix": fix.value, "overflow_fix_reason": why,
               "ignored_scope": ignored_rec}
     if ignored is not None:
         recipe["excluded_as"] = opts["excluded_as"]
